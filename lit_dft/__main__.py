@@ -1,0 +1,3 @@
+from lit_dft.cli import main
+
+main()

@@ -1,0 +1,33 @@
+"""Batching: pad to the longest sequence, mask prompt and padding in the labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_dft.token_loss import IGNORE_INDEX
+
+
+@dataclass
+class PadCollator:
+    """Pads ``input_ids`` right to the longest row (rounded up to ``pad_to_multiple_of``)."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Tensor]:
+        longest = max(len(row["input_ids"]) for row in rows)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
+            input_ids[i, : len(ids)] = ids
+            attention_mask[i, : len(ids)] = 1
+            labels[i, row["prompt_length"] : len(ids)] = ids[row["prompt_length"] :]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,183 @@
+"""MathDataModule: a math data set, from the hub, a local file or a package, to prompt-masked batches."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+import datasets
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, RandomSampler
+
+from lit_dft.data.collate import PadCollator
+from lit_dft.data.formatting import BOXED_INSTRUCTION, PromptFormatter, PromptStyle, gsm8k_to_boxed
+from lit_dft.data.presets import Preset, read_row, required_columns, resolve_preset
+from lit_dft.data.sampler import LengthGroupedSampler
+from lit_dft.data.sources import load_champ, load_hub, load_local
+from lit_dft.errors import LitDFTError
+from lit_dft.models import EMBEDDED_MODEL, load_tokenizer
+
+_MODEL_COLUMNS = ["input_ids", "prompt_length"]
+
+
+def _encode_rows(
+    batch: dict[str, list], formatter: PromptFormatter, max_length: int, overlong: str, rewrite_gsm8k: bool
+) -> dict[str, list]:
+    """Token ids, prompt length and a status (ok, truncated or why dropped) for a batch of rows."""
+    solutions = [gsm8k_to_boxed(s) for s in batch["solution"]] if rewrite_gsm8k else batch["solution"]
+    prompts, responses = formatter.encode(batch["question"], solutions)
+    out: dict[str, list] = {"input_ids": [], "prompt_length": [], "status": []}
+    for prompt, response in zip(prompts, responses):
+        status = "ok"
+        if len(prompt) >= max_length:
+            status = "dropped: prompt reaches max_length"
+        elif len(prompt) + len(response) > max_length:
+            status = "truncated: response cut at max_length" if overlong == "truncate" else "dropped: response exceeds max_length"
+        out["input_ids"].append((prompt + response)[:max_length])
+        out["prompt_length"].append(len(prompt))
+        out["status"].append(status)
+    return out
+
+
+@dataclass
+class MathDataModule(LightningDataModule):
+    """Math problems with reference solutions, tokenised once and batched with the prompt masked."""
+
+    preset: str | Preset = "champ"
+    """A preset name (champ, gsm8k, math500, minerva_math, olympiadbench, aime24, amc23, numina, math,
+    metamath) or an inline preset mapping the columns: {question: ..., solution: ..., answer: ...}."""
+    path: str | None = None
+    """Local .jsonl/.json/.parquet/.csv file or folder; None loads the preset's hub data set (or CHAMP's package)."""
+    val_path: str | None = None
+    """Separate validation file or folder, read with the same preset. Overrides ``val_split``."""
+    val_split: int | float = 0
+    """Validation rows held out of the training data: a fraction (< 1) or a count; 0 for none."""
+    limit: int | None = None
+    """Use only this many training rows (before the validation split); None for all."""
+    limit_random: bool = False
+    """Take a seeded random sample of ``limit`` rows instead of the first ones."""
+    seed: int = 42
+    """Seed for the validation split, the random limit and the length-grouped order."""
+    tokenizer_name_or_path: str = EMBEDDED_MODEL
+    """Tokenizer name or path; the CLI links it to ``model.model_name_or_path``."""
+    trust_remote_code: bool = False
+    """Allow tokenizer code from the hub (linked to the model's setting by the CLI)."""
+    prompt_style: PromptStyle = "auto"
+    """``chat`` uses the tokenizer's chat template, ``plain`` the question and instruction; ``auto`` picks chat when there is a template."""
+    system_prompt: str | None = None
+    """System message for the chat template; None keeps the template's default."""
+    instruction: str | None = BOXED_INSTRUCTION
+    """Sentence appended to every question; None for none."""
+    boxed_answers: bool = False
+    """Rewrite GSM8K's final ``#### n`` as ``\\boxed{n}`` in training targets."""
+    max_length: int = 1024
+    """Maximum tokens per example. Examples whose prompt alone reaches it are dropped and counted."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """What to do with examples whose response does not fit: cut it at ``max_length`` or drop the example."""
+    batch_size: int = 4
+    """Examples per micro-batch on each device."""
+    eval_batch_size: int | None = None
+    """Validation batch size; None uses ``batch_size``."""
+    group_by_length: bool = False
+    """Batch examples of similar length together (random mega-batches sorted by length) to cut padding."""
+    pad_to_multiple_of: int | None = None
+    """Round padded lengths up to a multiple of this (8 helps tensor cores); None pads to the longest."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    num_proc: int | None = None
+    """Processes for tokenisation (``datasets.map``); None tokenises in this process."""
+    report: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        self._preset = resolve_preset(self.preset)
+        self.train_set: datasets.Dataset | None = None
+        self.val_set: datasets.Dataset | None = None
+
+    # ---- reading -----------------------------------------------------------------------------------
+
+    def _raw(self, path: str | None) -> datasets.Dataset:
+        if path is not None:
+            return load_local(path)
+        if self._preset == resolve_preset("champ"):
+            return load_champ()
+        return load_hub(self._preset, str(self.preset))
+
+    def _normalise(self, raw: datasets.Dataset, source: str) -> datasets.Dataset:
+        """Rows in the preset's schema to question/solution/answers; skip and count unusable rows."""
+        missing = [c for c in required_columns(self._preset) if c not in raw.column_names]
+        if missing:
+            raise LitDFTError(
+                f"{source}: missing column(s) {', '.join(missing)}; the columns are: {', '.join(raw.column_names)}"
+            )
+        rows = raw.map(read_row, fn_kwargs={"preset": self._preset}, remove_columns=raw.column_names, num_proc=self.num_proc)
+        self.report["rows"] = self.report.get("rows", 0) + len(rows)
+        for reason, count in Counter(rows["skip"]).items():
+            if reason:
+                self.report[f"skipped: {reason}"] = self.report.get(f"skipped: {reason}", 0) + count
+        return rows.filter(lambda skip: not skip, input_columns="skip")
+
+    def _tokenise(self, rows: datasets.Dataset, formatter: PromptFormatter) -> datasets.Dataset:
+        options = {"formatter": formatter, "max_length": self.max_length, "overlong": self.overlong}
+        options["rewrite_gsm8k"] = self.boxed_answers and self._preset.answer_format == "gsm8k"
+        tokens = rows.map(_encode_rows, batched=True, fn_kwargs=options, num_proc=self.num_proc)
+        for status, count in Counter(tokens["status"]).items():
+            if status != "ok":
+                self.report[status] = self.report.get(status, 0) + count
+        return tokens.filter(lambda status: not status.startswith("dropped"), input_columns="status")
+
+    # ---- LightningDataModule -----------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None or self.val_set is not None:
+            return
+        self.tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
+        formatter = PromptFormatter(self.tokenizer, self.prompt_style, self.system_prompt, self.instruction)
+        source = self.path or str(self.preset)
+        rows = self._normalise(self._raw(self.path), source)
+        if self.limit is not None and self.limit < len(rows):
+            rows = rows.shuffle(seed=self.seed).select(range(self.limit)) if self.limit_random else rows.select(range(self.limit))
+        if self.val_path is not None:
+            train_rows, val_rows = rows, self._normalise(load_local(self.val_path), self.val_path)
+        elif self.val_split:
+            if not (0 < self.val_split < 1 or 1 <= self.val_split < len(rows)):
+                raise LitDFTError(f"val_split={self.val_split} must be a fraction in (0, 1) or a count below the {len(rows)} rows")
+            split = rows.train_test_split(test_size=self.val_split, seed=self.seed)
+            train_rows, val_rows = split["train"], split["test"]
+        else:
+            train_rows, val_rows = rows, None
+        self.train_set = self._tokenise(train_rows, formatter)
+        self.val_set = self._tokenise(val_rows, formatter) if val_rows is not None else None
+        self.report["train examples"] = len(self.train_set)
+        self.report["validation examples"] = len(self.val_set) if self.val_set is not None else 0
+        rank_zero_info(f"{source}: " + ", ".join(f"{k} {v}" for k, v in self.report.items()))
+        if len(self.train_set) == 0:
+            raise LitDFTError(f"{source}: no training examples left after filtering ({self._summary()})")
+
+    def _summary(self) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in self.report.items() if k.startswith(("rows", "skipped", "dropped")))
+
+    def _loader(self, dataset: datasets.Dataset, batch_size: int, sampler=None) -> DataLoader:
+        return DataLoader(
+            dataset.select_columns(_MODEL_COLUMNS),
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=PadCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.group_by_length:
+            lengths = [len(ids) for ids in self.train_set["input_ids"]]
+            sampler = LengthGroupedSampler(lengths, self.batch_size, seed=self.seed)
+        else:
+            sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(self.seed))
+        return self._loader(self.train_set, self.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, self.eval_batch_size or self.batch_size)

@@ -1,0 +1,126 @@
+"""Presets: declarative records saying where a math data set lives and how to read its rows.
+
+A preset is data, not code. Add one in YAML instead of a name::
+
+    data:
+      preset: {question: prompt, solution: completion, answer: final}
+      path: my_data.jsonl
+
+or in Python with ``PRESETS["mine"] = Preset(...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lit_dft.errors import LitDFTError
+from lit_dft.evaluation.answers import gsm8k_answer, last_boxed
+
+AnswerFormat = Literal["text", "boxed", "gsm8k", "answer_is", "list"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How to read one data set."""
+
+    question: str = "question"
+    """Field with the problem statement."""
+    solution: str | None = "solution"
+    """Field with the reference solution, the training target (a string or a list of steps). None: evaluation only."""
+    answer: str | None = "answer"
+    """Field the final answer is read from (see ``answer_format``). None: no gold answer."""
+    answer_format: AnswerFormat = "text"
+    """How to read the answer field: ``text`` as is, ``boxed`` its last \\boxed{}, ``gsm8k`` after ``####``,
+    ``answer_is`` after "The answer is:", ``list`` a list of answers that must all match."""
+    messages: str | None = None
+    """Chat column (list of {role, content}); when set, question and solution come from its user and
+    assistant turns."""
+    hub_id: str | None = None
+    """Hugging Face hub data set used when no local ``path`` is given."""
+    hub_config: str | None = None
+    """Configuration name of the hub data set (e.g. ``main`` for GSM8K)."""
+    split: str = "train"
+    """Split to read from the hub."""
+
+
+def _answer_is(text: str) -> str | None:
+    marker = "The answer is:"
+    if marker not in text:
+        return None
+    return text.rsplit(marker, 1)[1].strip() or None
+
+
+PRESETS: dict[str, Preset] = {
+    "numina": Preset(question="problem", answer="solution", answer_format="boxed", hub_id="AI-MO/NuminaMath-CoT"),
+    "gsm8k": Preset(solution="answer", answer_format="gsm8k", hub_id="openai/gsm8k", hub_config="main"),
+    "math": Preset(question="problem", answer="solution", answer_format="boxed", hub_id="DigitalLearningGmbH/MATH-lighteval"),
+    "math500": Preset(question="problem", hub_id="HuggingFaceH4/MATH-500", split="test"),
+    "metamath": Preset(question="query", solution="response", answer="response", answer_format="answer_is", hub_id="meta-math/MetaMathQA"),
+    "minerva_math": Preset(question="problem", answer="solution", answer_format="boxed", split="test"),
+    "olympiadbench": Preset(answer="final_answer", answer_format="list", split="test"),
+    "aime24": Preset(question="problem", hub_id="HuggingFaceH4/aime_2024"),
+    "amc23": Preset(solution=None, split="test"),
+    "champ": Preset(),  # rows come from the champ-dataset package already in this schema
+}
+
+
+def resolve_preset(preset: str | Preset) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    if preset not in PRESETS:
+        raise LitDFTError(f"Unknown preset {preset!r}. Known presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[preset]
+
+
+def required_columns(preset: Preset) -> list[str]:
+    if preset.messages:
+        return [preset.messages] + ([preset.answer] if preset.answer else [])
+    return [c for c in (preset.question, preset.solution, preset.answer) if c]
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string, joining lists of steps; None for anything else."""
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        value = "\n".join(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _from_messages(messages: Any) -> tuple[str | None, str | None]:
+    if not isinstance(messages, list):
+        return None, None
+    user = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    assistant = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+    return (_text(user[0]) if user else None), (_text(assistant[-1]) if assistant else None)
+
+
+def gold_answers(preset: Preset, row: dict[str, Any]) -> list[str]:
+    """The gold answers of a row (several only for ``list`` answers); empty when there is none."""
+    if not preset.answer:
+        return []
+    value = row.get(preset.answer)
+    if preset.answer_format == "list":
+        values = value if isinstance(value, list) else [value]
+        answers = [_text(v) for v in values]
+        return answers if answers and all(answers) else []
+    text = _text(value)
+    if text is None:
+        return []
+    readers = {"text": lambda t: t, "boxed": last_boxed, "gsm8k": gsm8k_answer, "answer_is": _answer_is}
+    answer = readers[preset.answer_format](text)
+    return [answer] if answer else []
+
+
+def read_row(row: dict[str, Any], preset: Preset) -> dict[str, Any]:
+    """Normalise a row to ``question``, ``solution``, ``answers`` and ``skip`` (why it is unusable, or "")."""
+    if preset.messages:
+        question, solution = _from_messages(row.get(preset.messages))
+    else:
+        question = _text(row.get(preset.question))
+        solution = _text(row.get(preset.solution)) if preset.solution else ""
+    skip = "" if question else "empty or non-string question"
+    if not skip and solution is None:
+        skip = "empty or non-string solution"
+    return {"question": question or "", "solution": solution or "", "answers": gold_answers(preset, row), "skip": skip}

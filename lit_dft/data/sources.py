@@ -1,0 +1,84 @@
+"""Raw rows from wherever they live: local files and folders, the hub, or the champ-dataset package."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import datasets
+
+from lit_dft.data.presets import Preset
+from lit_dft.errors import LitDFTError
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _check_json(path: Path) -> None:
+    """Fail on a malformed JSON file with its path and line, before pyarrow fails obscurely."""
+    with path.open(encoding="utf-8") as handle:
+        head = handle.read(1).strip()
+        handle.seek(0)
+        if path.suffix == ".json" and head == "[":
+            try:
+                json.load(handle)
+            except json.JSONDecodeError as error:
+                raise LitDFTError(f"{path}:{error.lineno}: malformed JSON ({error.msg})") from None
+            return
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise LitDFTError(f"{path}:{lineno}: malformed JSON line ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise LitDFTError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+
+
+def load_local(path: str | Path) -> datasets.Dataset:
+    """A ``.jsonl``/``.json``/``.parquet``/``.csv`` file, or a folder of files of one such type."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise LitDFTError(f"Data file or folder not found: {path}")
+    files = sorted(p for p in path.rglob("*") if p.suffix in _BUILDERS) if path.is_dir() else [path]
+    if not files:
+        raise LitDFTError(f"No {'/'.join(_BUILDERS)} files in {path}")
+    builders = {_BUILDERS.get(f.suffix) for f in files}
+    if None in builders or len(builders) > 1:
+        raise LitDFTError(f"Cannot read {path}: expected files of one type among {', '.join(_BUILDERS)}")
+    builder = builders.pop()
+    if builder == "json":
+        for file in files:
+            _check_json(file)
+    return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+
+
+def load_hub(preset: Preset, name: str) -> datasets.Dataset:
+    """The preset's hub data set (needs network, or a warm Hugging Face cache)."""
+    if not preset.hub_id:
+        raise LitDFTError(f"Preset {name!r} has no hub source: give a local file with data.path")
+    try:
+        return datasets.load_dataset(preset.hub_id, preset.hub_config, split=preset.split)
+    except Exception as error:  # the hub raises many types: connection, auth, missing repo
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LitDFTError(f"Cannot load {preset.hub_id!r} from the hub ({reason})") from None
+
+
+def load_champ() -> datasets.Dataset:
+    """CHAMP's 270 problems: the question, the solution steps joined as the target, the final answer."""
+    spec = importlib.util.find_spec("champ_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise LitDFTError("The champ preset needs the champ-dataset package: pip install --no-deps champ-dataset")
+    file = Path(next(iter(spec.submodule_search_locations))) / "dataset_files" / "v0.json"
+    problems = json.loads(file.read_text(encoding="utf-8"))["problems"]
+    rows = [
+        {
+            "id": problem["identifier"],
+            "question": problem["_text"],
+            "solution": [step["_text"] for step in problem["solution"]["steps"]],
+            "answer": problem["_answer"],
+        }
+        for problem in problems.values()
+    ]
+    return datasets.Dataset.from_list(rows)

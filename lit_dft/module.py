@@ -1,0 +1,197 @@
+"""The causal-LM LightningModule: one forward pass, a selectable token objective, global-batch normalisation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torchmetrics.aggregation import MeanMetric
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_dft.errors import LitDFTError
+from lit_dft.models import EMBEDDED_MODEL, load_model, load_tokenizer
+from lit_dft.objectives import DFT, TokenObjective, build_objective
+from lit_dft.token_loss import IGNORE_INDEX, chunked_objective_loss, naive_objective_loss
+
+_PAPER_DFT = DFT()
+# Sums kept per optimiser step: objective, SFT (nll), DFT, target probability, target tokens.
+_WINDOW_FIELDS = ("loss", "nll", "dft", "target_prob", "target_tokens")
+
+
+class CausalLMModule(LightningModule):
+    """Fine-tunes a causal LM with a token objective (``sft``, ``dft`` or your own).
+
+    ``training_step`` returns ``loss`` (the *sum* of the micro-batch's token losses, which is what
+    backward needs; see below), ``target_log_probs`` (detached float32, shape ``(B, T-1)``, zero at
+    masked positions) and ``target_mask`` (bool, ``(B, T-1)``). Callbacks read the last two in
+    ``on_train_batch_end`` without a second forward pass.
+
+    Normalisation: the gradient is the sum of token-loss gradients over the *global* batch (all
+    micro-batches of an accumulation window on all ranks) divided by that global batch's number of
+    target tokens. Each micro-batch back-propagates its unnormalised sum; ``on_before_optimizer_step``
+    all-reduces the token count and rescales the gradients once, before clipping, undoing both
+    Lightning's division by ``accumulate_grad_batches`` and DDP/FSDP's average over ranks.
+
+    Args:
+        model_name_or_path: hub id, local folder, ``.gguf`` file, ``smollm2-135m-instruct`` (embedded
+            default, no network) or ``tiny`` (random 2-layer model for tests).
+        loss: objective name from ``lit_dft.objectives.OBJECTIVES`` or a ``TokenObjective`` instance.
+        dtype: weights' dtype when loading (``float32``, ``bfloat16``, ``float16``, ``auto``);
+            ``None`` keeps the checkpoint's default. Mixed precision is the trainer's ``precision``.
+        trust_remote_code: run model code from the hub; off unless you trust the repository.
+        gradient_checkpointing: recompute activations in backward to save memory.
+        loss_chunk_size: target tokens per chunk of the output projection in the chunked loss;
+            ``None`` chunks when the vocabulary has >= 32,768 entries, ``0`` always uses full logits.
+        learning_rate: AdamW peak learning rate (paper: 5e-5).
+        betas: AdamW betas (paper: 0.9, 0.95).
+        weight_decay: AdamW weight decay, not applied to biases and norm weights (paper: 0.01).
+        warmup_ratio: fraction of optimiser steps of linear warm-up before the cosine decay (paper: 0.1).
+        min_lr_ratio: final learning rate as a fraction of the peak.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = EMBEDDED_MODEL,
+        loss: str | TokenObjective = "dft",
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+        loss_chunk_size: int | None = None,
+        learning_rate: float = 5e-5,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.objective = build_objective(loss)
+        self.model: PreTrainedModel | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._window: Tensor | None = None  # float32 sums over the accumulation window, see _WINDOW_FIELDS
+        self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in _WINDOW_FIELDS[:4]})
+
+    def configure_model(self) -> None:
+        """Load tokenizer and model once (Lightning calls this on the target device/strategy)."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
+        self.model = load_model(hp.model_name_or_path, hp.dtype, hp.trust_remote_code, vocab_size=len(self.tokenizer))
+        embeddings = self.model.get_input_embeddings().num_embeddings
+        if embeddings < len(self.tokenizer):
+            raise LitDFTError(
+                f"Tokenizer of {hp.model_name_or_path!r} has {len(self.tokenizer)} tokens but the model's "
+                f"embedding has only {embeddings} rows: tokenizer and model do not match."
+            )
+        if hp.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
+
+    # ---- forward ---------------------------------------------------------------------------------
+
+    def _use_chunked_loss(self) -> bool:
+        chunk = self.hparams.loss_chunk_size
+        if chunk == 0:
+            return False
+        head = self.model.get_output_embeddings()
+        config = self.model.config
+        plain_head = isinstance(head, torch.nn.Linear) and head.bias is None and not any(
+            getattr(config, key, None) for key in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+        )
+        if not plain_head:
+            if chunk is not None:
+                rank_zero_warn("The chunked loss needs a plain linear output head; using full logits.")
+            return False
+        return chunk is not None or head.out_features >= 32_768
+
+    def token_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Objective loss sum and per-token target log-probs for a batch with ``labels``."""
+        targets = batch["labels"][:, 1:]
+        mask = targets != IGNORE_INDEX
+        flat_targets = targets[mask]
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+        if self._use_chunked_loss():
+            hidden = self.model.base_model(**inputs).last_hidden_state[:, :-1][mask]
+            weight = self.model.get_output_embeddings().weight
+            loss_sum, log_probs = chunked_objective_loss(
+                hidden, weight, flat_targets, self.objective, self.hparams.loss_chunk_size or 1024
+            )
+        else:
+            logits = self.model(**inputs).logits[:, :-1][mask]
+            loss_sum, log_probs = naive_objective_loss(logits, flat_targets, self.objective)
+        per_token = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+        per_token[mask] = log_probs
+        return {"loss": loss_sum, "target_log_probs": per_token, "target_mask": mask, "flat_log_probs": log_probs}
+
+    @staticmethod
+    def _token_stats(log_probs: Tensor) -> dict[str, Tensor]:
+        """Per-token SFT and paper-DFT values, and probabilities, for the loss pair."""
+        return {"nll": -log_probs, "dft": _PAPER_DFT(log_probs), "target_prob": log_probs.exp()}
+
+    # ---- training --------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        out = self.token_losses(batch)
+        stats = self._token_stats(out.pop("flat_log_probs"))
+        sums = [out["loss"].detach()] + [value.sum() for value in stats.values()]
+        sums.append(out["target_mask"].sum())
+        window = torch.stack([value.float() for value in sums])
+        self._window = window if self._window is None else self._window + window
+        return out
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        totals = self.trainer.strategy.reduce(self._window, reduce_op="sum")
+        self._window = None
+        tokens = totals[-1]
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens.clamp(min=1.0)
+        for param in self.parameters():
+            if param.grad is not None:
+                param.grad.mul_(scale.to(param.grad.dtype))
+        means = totals[:-1] / tokens.clamp(min=1.0)
+        for name, value in zip(_WINDOW_FIELDS, means):
+            self.log(f"train/{name}", value, prog_bar=name == "loss", rank_zero_only=True)
+        self.log("train/target_tokens", tokens, rank_zero_only=True)
+
+    # ---- validation ------------------------------------------------------------------------------
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        out = self.token_losses(batch)
+        log_probs = out.pop("flat_log_probs")
+        if log_probs.numel() == 0:
+            return out
+        values = {"loss": self.objective(log_probs), **self._token_stats(log_probs)}
+        for name, metric in self.val_metrics.items():
+            metric.update(values[name])
+            self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss")
+        return out
+
+    # ---- optimisation ----------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = math.ceil(hp.warmup_ratio * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the model's config so ``lit-dft export`` rebuilds it without the original weights."""
+        checkpoint["hf_config"] = self.model.config.to_dict()
