@@ -26,7 +26,7 @@ class CausalLMModule(LightningModule):
     """Fine-tunes a causal LM with a token objective (``sft``, ``dft`` or your own).
 
     ``training_step`` returns ``loss`` (the *sum* of the micro-batch's token losses, which is what
-    backward needs; see below), ``target_log_probs`` (detached float32, shape ``(B, T-1)``, zero at
+    backward needs; see below), ``target_log_probs`` (detached, float32 or wider, shape ``(B, T-1)``, zero at
     masked positions) and ``target_mask`` (bool, ``(B, T-1)``). Callbacks read the last two in
     ``on_train_batch_end`` without a second forward pass.
 
@@ -124,7 +124,7 @@ class CausalLMModule(LightningModule):
         else:
             logits = self.model(**inputs).logits[:, :-1][mask]
             loss_sum, log_probs = naive_objective_loss(logits, flat_targets, self.objective)
-        per_token = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+        per_token = torch.zeros(targets.shape, dtype=log_probs.dtype, device=targets.device)
         per_token[mask] = log_probs
         return {"loss": loss_sum, "target_log_probs": per_token, "target_mask": mask, "flat_log_probs": log_probs}
 

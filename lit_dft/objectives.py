@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from lit_dft.errors import LitDFTError
+
 
 class TokenObjective:
     """Base class: maps target log-probabilities (float32, any shape) to per-token losses.
@@ -85,7 +87,7 @@ def build_objective(spec: str | TokenObjective) -> TokenObjective:
     if isinstance(spec, TokenObjective):
         return spec
     if spec not in OBJECTIVES:
-        raise ValueError(
+        raise LitDFTError(
             f"Unknown objective {spec!r}. Registered objectives: {', '.join(sorted(OBJECTIVES))}; "
             "or give a class path (class_path: my_pkg.MyObjective) to a TokenObjective subclass."
         )

@@ -17,10 +17,14 @@ from lit_dft.objectives import TokenObjective
 IGNORE_INDEX = -100
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def target_log_probs_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
-    """``log p_t`` in float32 via logsumexp: no full softmax or log-softmax copy is kept."""
-    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
-    return target_logits - torch.logsumexp(logits.float(), dim=-1)
+    """``log p_t`` in (at least) float32 via logsumexp: no full softmax or log-softmax copy is kept."""
+    target_logits = _at_least_float32(logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
+    return target_logits - torch.logsumexp(_at_least_float32(logits), dim=-1)
 
 
 def naive_objective_loss(logits: Tensor, targets: Tensor, objective: TokenObjective) -> tuple[Tensor, Tensor]:
@@ -34,12 +38,13 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int):
         n = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
-        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        log_probs = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        compute = torch.promote_types(hidden.dtype, torch.float32)
+        grad_weight = torch.zeros(weight.shape, dtype=compute, device=weight.device) if ctx.needs_input_grad[1] else None
+        loss_sum = torch.zeros((), dtype=compute, device=hidden.device)
+        log_probs = torch.empty(n, dtype=compute, device=hidden.device)
         for start in range(0, n, chunk_size):
             h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-            logits = (h @ weight.T).float()
+            logits = _at_least_float32(h @ weight.T)
             lse = torch.logsumexp(logits, dim=-1)
             chunk_log_probs = logits.gather(1, y.unsqueeze(1)).squeeze(1) - lse
             with torch.enable_grad():
@@ -57,7 +62,7 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[start : start + chunk_size] = grad_logits @ weight
             if grad_weight is not None:
-                grad_weight += (grad_logits.T @ h).float()
+                grad_weight += grad_logits.T @ h
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(log_probs)

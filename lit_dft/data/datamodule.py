@@ -134,6 +134,8 @@ class MathDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None or self.val_set is not None:
             return
+        if self._preset.solution is None and not self._preset.messages:
+            raise LitDFTError(f"Preset {self.preset!r} has no reference solutions to train on; it is for evaluation only")
         self.tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
         formatter = PromptFormatter(self.tokenizer, self.prompt_style, self.system_prompt, self.instruction)
         source = self.path or str(self.preset)

@@ -65,9 +65,11 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def resolve_preset(preset: str | Preset) -> Preset:
+def resolve_preset(preset: str | Preset | dict[str, Any]) -> Preset:
     if isinstance(preset, Preset):
         return preset
+    if isinstance(preset, dict):
+        return Preset(**preset)
     if preset not in PRESETS:
         raise LitDFTError(f"Unknown preset {preset!r}. Known presets: {', '.join(sorted(PRESETS))}")
     return PRESETS[preset]
@@ -79,11 +81,11 @@ def required_columns(preset: Preset) -> list[str]:
     return [c for c in (preset.question, preset.solution, preset.answer) if c]
 
 
-def _text(value: Any) -> str | None:
-    """A non-empty string, joining lists of steps; None for anything else."""
+def _text(value: Any, numbers: bool = False) -> str | None:
+    """A non-empty string, joining lists of steps (and numbers as text if ``numbers``); None otherwise."""
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         value = "\n".join(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     return value.strip() if isinstance(value, str) and value.strip() else None
 
@@ -103,9 +105,9 @@ def gold_answers(preset: Preset, row: dict[str, Any]) -> list[str]:
     value = row.get(preset.answer)
     if preset.answer_format == "list":
         values = value if isinstance(value, list) else [value]
-        answers = [_text(v) for v in values]
+        answers = [_text(v, numbers=True) for v in values]
         return answers if answers and all(answers) else []
-    text = _text(value)
+    text = _text(value, numbers=True)
     if text is None:
         return []
     readers = {"text": lambda t: t, "boxed": last_boxed, "gsm8k": gsm8k_answer, "answer_is": _answer_is}

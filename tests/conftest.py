@@ -1,0 +1,30 @@
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lit_dft.models import TINY_MODEL, load_tokenizer
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def micro_llama(vocab_size: int = 64, dtype: torch.dtype = torch.float64, tied: bool = True, seed: int = 0) -> LlamaForCausalLM:
+    """A very small Llama for exact-arithmetic tests (float64 by default)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, tie_word_embeddings=tied,
+    )
+    return LlamaForCausalLM(config).to(dtype).train()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"tests need the shared data folder at {SHARED_DATA}"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer(TINY_MODEL)

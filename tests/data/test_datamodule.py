@@ -1,0 +1,215 @@
+import copy
+import json
+
+import pytest
+import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+from lit_dft.data import MathDataModule, PadCollator, Preset
+from lit_dft.data.presets import read_row, resolve_preset
+from lit_dft.data.sampler import LengthGroupedSampler
+from lit_dft.errors import LitDFTError
+from lit_dft.models import TINY_MODEL
+
+TRAINABLE = {
+    "gsm8k": "gsm8k/train.jsonl",
+    "math500": "math500/test.jsonl",
+    "minerva_math": "minerva_math/test.jsonl",
+    "olympiadbench": "olympiadbench/test.jsonl",
+    "aime24": "aime24/test.jsonl",
+}
+
+
+def _module(**kwargs) -> MathDataModule:
+    kwargs.setdefault("tokenizer_name_or_path", TINY_MODEL)
+    return MathDataModule(**kwargs)
+
+
+def _source_rows(path, preset, n):
+    with open(path) as handle:
+        rows = [json.loads(line) for _, line in zip(range(n), handle)]
+    return [read_row(row, resolve_preset(preset)) for row in rows]
+
+
+def _decode_examples(dm, n):
+    batch = PadCollator(dm.tokenizer.pad_token_id)([dm.train_set[i] for i in range(n)])
+    for i in range(n):
+        ids, labels = batch["input_ids"][i], batch["labels"][i]
+        trained = labels[labels != -100]
+        prompt = ids[: dm.train_set[i]["prompt_length"]]
+        yield dm.tokenizer.decode(prompt), dm.tokenizer.decode(trained), trained
+
+
+@pytest.mark.parametrize("preset", sorted(TRAINABLE))
+def test_every_shared_data_set_loads_with_its_preset(shared_data, preset):
+    path = shared_data / TRAINABLE[preset]
+    dm = _module(preset=preset, path=str(path), limit=6, max_length=8192)
+    dm.setup("fit")
+    assert len(dm.train_set) == 6
+    expected = _source_rows(path, preset, 6)
+    formatter_prompt = dm.tokenizer.apply_chat_template
+    for (prompt, response, trained), row in zip(_decode_examples(dm, 6), expected):
+        assert row["answers"], "every shared row has a gold answer"
+        assert response == row["solution"] + dm.tokenizer.eos_token
+        assert trained[-1].item() == dm.tokenizer.eos_token_id  # the model learns to stop
+        messages = [{"role": "user", "content": row["question"] + "\n" + dm.instruction}]
+        assert prompt == formatter_prompt(messages, tokenize=False, add_generation_prompt=True)
+
+
+def test_plain_prompt_style_for_base_models(shared_data):
+    dm = _module(preset="gsm8k", path=str(shared_data / "gsm8k/train.jsonl"), limit=3, prompt_style="plain", boxed_answers=True)
+    dm.setup("fit")
+    row = _source_rows(shared_data / "gsm8k/train.jsonl", "gsm8k", 1)[0]
+    prompt, response, _ = next(_decode_examples(dm, 1))
+    assert prompt == row["question"] + "\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
+    assert response.endswith("The final answer is $\\boxed{72}$." + dm.tokenizer.eos_token)
+    assert "####" not in response
+
+
+def test_amc23_answers_read_but_training_refused(shared_data):
+    row = _source_rows(shared_data / "amc23/test.jsonl", "amc23", 1)[0]
+    assert row["answers"] == ["27.0"] and row["question"].startswith("Cities")
+    with pytest.raises(LitDFTError, match="evaluation only"):
+        _module(preset="amc23", path=str(shared_data / "amc23/test.jsonl")).setup("fit")
+
+
+def test_champ_loads_from_the_package():
+    dm = _module(preset="champ", max_length=4096)
+    dm.setup("fit")
+    assert len(dm.train_set) == 270 and dm.report["rows"] == 270
+    _, response, _ = next(_decode_examples(dm, 1))
+    assert response.startswith("Let x_n, y_n, z_n be the number") and response.endswith("<|im_end|>")
+
+
+def test_local_folder_loads_through_the_hub_code_path(tmp_path, shared_data):
+    folder = tmp_path / "my_gsm8k"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(open(shared_data / "gsm8k/train.jsonl").readlines()[:5]))
+    via_hub = _module(preset=Preset(solution="answer", answer_format="gsm8k", hub_id=str(folder)))
+    via_path = _module(preset="gsm8k", path=str(folder))
+    for dm in (via_hub, via_path):
+        dm.setup("fit")
+    assert via_hub.train_set["input_ids"] == via_path.train_set["input_ids"]
+
+
+def test_column_mapping_and_messages(tmp_path):
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps({"prompt_txt": "What is 1+1?", "worked": "1+1=2, so \\boxed{2}.", "final": 2}) + "\n")
+    dm = _module(preset={"question": "prompt_txt", "solution": "worked", "answer": "final"}, path=str(odd))
+    dm.setup("fit")
+    assert next(_decode_examples(dm, 1))[1] == "1+1=2, so \\boxed{2}.<|im_end|>"
+    chat = tmp_path / "chat.jsonl"
+    messages = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}]
+    chat.write_text(json.dumps({"messages": messages}) + "\n")
+    dm = _module(preset=Preset(messages="messages", answer=None), path=str(chat))
+    dm.setup("fit")
+    prompt, response, _ = next(_decode_examples(dm, 1))
+    assert "What is 2+2?" in prompt and response == "It is 4.<|im_end|>"
+
+
+def test_parquet_and_csv_files(tmp_path):
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"question": f"q{i}", "solution": f"s{i}", "answer": str(i)} for i in range(4)])
+    rows.to_parquet(tmp_path / "d.parquet")
+    rows.to_csv(tmp_path / "d.csv", index=False)
+    for name in ("d.parquet", "d.csv"):
+        dm = _module(preset=Preset(), path=str(tmp_path / name))
+        dm.setup("fit")
+        assert len(dm.train_set) == 4
+
+
+def test_validation_split_is_seeded_and_limit_random_samples(shared_data):
+    path = str(shared_data / "gsm8k/train.jsonl")
+
+    def val_ids(seed, **kw):
+        dm = _module(preset="gsm8k", path=path, limit=40, val_split=0.25, seed=seed, **kw)
+        dm.setup("fit")
+        assert len(dm.val_set) == 10 and len(dm.train_set) == 30
+        return dm.val_set["input_ids"]
+
+    assert val_ids(1) == val_ids(1)
+    assert val_ids(1) != val_ids(2)
+    assert val_ids(1, limit_random=True) != val_ids(1)
+    dm = _module(preset="gsm8k", path=path, limit=20, val_split=5)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set)) == (15, 5)
+
+
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_ddp_shards_are_disjoint_and_equal(shared_data, group_by_length):
+    dm = _module(preset="gsm8k", path=str(shared_data / "gsm8k/train.jsonl"), limit=101, group_by_length=group_by_length)
+    dm.setup("fit")
+    sampler = dm.train_dataloader().sampler  # each rank holds its own copy, as in separate processes
+    shards = [list(DistributedSamplerWrapper(copy.deepcopy(sampler), num_replicas=2, rank=r, shuffle=False)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 51
+    assert len(set(shards[0]) | set(shards[1])) == 101  # all rows covered; one repeated to even out
+
+
+def test_length_grouping_cuts_padding():
+    lengths = torch.randint(20, 400, (2000,), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def padding(order):
+        batches = [order[i : i + 8] for i in range(0, len(order), 8)]
+        return sum(max(lengths[j] for j in b) * len(b) - sum(lengths[j] for j in b) for b in batches)
+
+    grouped = list(LengthGroupedSampler(lengths, batch_size=8, seed=0))
+    shuffled = torch.randperm(2000, generator=torch.Generator().manual_seed(0)).tolist()
+    assert sorted(grouped) == list(range(2000))
+    assert padding(grouped) < 0.2 * padding(shuffled)
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def test_missing_column_is_named_with_the_existing_ones(shared_data):
+    with pytest.raises(LitDFTError, match=r"missing column\(s\) question; the columns are: problem, solution"):
+        _module(preset="gsm8k", path=str(shared_data / "math500/test.jsonl")).setup("fit")
+
+
+def test_unusable_rows_are_skipped_and_counted(tmp_path):
+    data = tmp_path / "d.jsonl"
+    rows = [{"question": "", "solution": "s"}, {"question": 5, "solution": "s"}, {"question": "q", "solution": None},
+            {"question": "q", "solution": "s"}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    dm = _module(preset=Preset(answer=None), path=str(data))
+    dm.setup("fit")
+    assert len(dm.train_set) == 1
+    assert dm.report["skipped: empty or non-string question"] == 2
+    assert dm.report["skipped: empty or non-string solution"] == 1
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    data = tmp_path / "broken.jsonl"
+    data.write_text('{"question": "q", "solution": "s"}\n{"question": "q", \n')
+    with pytest.raises(LitDFTError, match=r"broken.jsonl:2: malformed JSON line"):
+        _module(preset=Preset(), path=str(data)).setup("fit")
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(LitDFTError, match="Known presets: aime24, amc23, champ, gsm8k"):
+        _module(preset="gsm8", path="x.jsonl")
+
+
+def test_missing_file_is_named():
+    with pytest.raises(LitDFTError, match="not found: nowhere.jsonl"):
+        _module(preset="gsm8k", path="nowhere.jsonl").setup("fit")
+
+
+def test_overlong_prompts_dropped_and_responses_truncated_or_dropped(shared_data):
+    path = str(shared_data / "gsm8k/train.jsonl")
+    dm = _module(preset="gsm8k", path=path, limit=50, max_length=150)
+    dm.setup("fit")
+    truncated = dm.report.get("truncated: response cut at max_length", 0)
+    dropped = dm.report.get("dropped: prompt reaches max_length", 0)
+    assert truncated > 0 and len(dm.train_set) == 50 - dropped
+    assert max(len(ids) for ids in dm.train_set["input_ids"]) == 150
+    dm = _module(preset="gsm8k", path=path, limit=50, max_length=150, overlong="drop")
+    dm.setup("fit")
+    assert dm.report["dropped: response exceeds max_length"] == truncated
+    assert len(dm.train_set) == 50 - dropped - truncated
+
+
+def test_empty_after_filtering_says_why(shared_data):
+    with pytest.raises(LitDFTError, match="no training examples left.*dropped: prompt reaches max_length: 5"):
+        _module(preset="gsm8k", path=str(shared_data / "gsm8k/train.jsonl"), limit=5, max_length=20).setup("fit")

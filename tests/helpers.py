@@ -1,0 +1,36 @@
+"""Test doubles shared by several test files (importable by spawned DDP workers)."""
+
+import torch
+from torch.utils.data import DataLoader
+
+from lit_dft.data.collate import PadCollator
+from lit_dft.module import CausalLMModule
+from tests.conftest import micro_llama
+
+
+class MicroModule(CausalLMModule):
+    """CausalLMModule on a float64 micro Llama with plain SGD (lr 1): a step moves the weights by -grad."""
+
+    def __init__(self, loss: str = "dft", loss_chunk_size: int = 0) -> None:
+        super().__init__(model_name_or_path="micro", loss=loss, loss_chunk_size=loss_chunk_size)
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = micro_llama()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1.0)
+
+
+def uneven_rows(n: int = 8, vocab: int = 64, seed: int = 1) -> list[dict]:
+    """Rows whose lengths and prompt lengths differ, so micro-batches hold unequal target token counts."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = 6 + (i * 5) % 17
+        rows.append({"input_ids": torch.randint(3, vocab, (length,), generator=g).tolist(), "prompt_length": 1 + (i * 3) % 5})
+    return rows
+
+
+def loader(rows: list[dict], batch_size: int) -> DataLoader:
+    return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=PadCollator(pad_token_id=0))

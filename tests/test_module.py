@@ -1,0 +1,90 @@
+import lightning.pytorch as L
+import pytest
+import torch
+
+from tests.helpers import MicroModule, loader, uneven_rows
+
+
+def _fit(module, data, **trainer_kwargs):
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, precision="64-true", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs,
+    )
+    before = {n: p.detach().clone() for n, p in module.named_parameters()} if module.model is not None else None
+    trainer.fit(module, data)
+    return before, {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def _step_delta(batch_size, accumulate, loss="dft", chunk=0, **trainer_kwargs):
+    module = MicroModule(loss=loss, loss_chunk_size=chunk)
+    module.configure_model()
+    before, after = _fit(module, loader(uneven_rows(), batch_size), accumulate_grad_batches=accumulate, **trainer_kwargs)
+    return {n: after[n] - before[n] for n in before}
+
+
+def _target_tokens_per_micro_batch(batch_size):
+    return [int((b["labels"][:, 1:] != -100).sum()) for b in loader(uneven_rows(), batch_size)]
+
+
+@pytest.mark.parametrize("loss", ["sft", "dft"])
+def test_gradient_does_not_depend_on_how_the_batch_is_split(loss):
+    assert len(set(_target_tokens_per_micro_batch(2))) > 1, "micro-batches must hold unequal token counts"
+    whole = _step_delta(batch_size=8, accumulate=1, loss=loss)
+    split = _step_delta(batch_size=2, accumulate=4, loss=loss)
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=0, atol=1e-8, msg=name)
+    assert max(d.abs().max() for d in whole.values()) > 1e-4, "the step must move the weights"
+
+
+def test_global_batch_normalisation_equals_token_mean_of_the_whole_batch():
+    module = MicroModule(loss="sft")
+    module.configure_model()
+    batch = next(iter(loader(uneven_rows(), 8)))
+    expected = torch.nn.functional.cross_entropy(
+        module.model(input_ids=batch["input_ids"]).logits[:, :-1].reshape(-1, 64), batch["labels"][:, 1:].reshape(-1)
+    )
+    expected.backward()
+    reference = {n: -p.grad.clone() for n, p in module.named_parameters()}
+    delta = _step_delta(batch_size=2, accumulate=4, loss="sft")
+    for name in reference:
+        torch.testing.assert_close(delta[name], reference[name], rtol=0, atol=1e-8, msg=name)
+
+
+def test_chunked_and_naive_paths_train_identically():
+    naive = _step_delta(batch_size=4, accumulate=2, chunk=0)
+    chunked = _step_delta(batch_size=4, accumulate=2, chunk=7)
+    for name in naive:
+        torch.testing.assert_close(chunked[name], naive[name], rtol=0, atol=1e-10, msg=name)
+
+
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch():
+    one = _step_delta(batch_size=8, accumulate=1)
+    two = _step_delta(batch_size=2, accumulate=2, strategy="ddp_spawn", devices=2)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-8, msg=name)
+
+
+def test_batch_without_target_tokens_gives_zero_loss_and_zero_gradient():
+    module = MicroModule(loss="dft")
+    module.configure_model()
+    batch = next(iter(loader(uneven_rows(2), 2)))
+    batch["labels"][:] = -100
+    out = module.token_losses(batch)
+    out["loss"].backward()
+    assert out["loss"].item() == 0.0 and not out["target_mask"].any()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in module.parameters())
+
+
+def test_training_step_returns_per_token_outputs_for_callbacks():
+    module = MicroModule(loss="dft")
+    module.configure_model()
+    batch = next(iter(loader(uneven_rows(4), 4)))
+    out = module.token_losses(batch)
+    mask = batch["labels"][:, 1:] != -100
+    assert torch.equal(out["target_mask"], mask)
+    log_probs = out["target_log_probs"]
+    assert log_probs.shape == mask.shape and not log_probs.requires_grad
+    assert torch.all(log_probs[~mask] == 0) and torch.all(log_probs[mask] < 0)
+    manual = torch.log_softmax(module.model(input_ids=batch["input_ids"]).logits[:, :-1], -1)
+    expected = manual.gather(-1, batch["labels"][:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(log_probs[mask], expected[mask])
