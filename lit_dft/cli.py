@@ -1,4 +1,4 @@
-"""The ``lit-dft`` command: LightningCLI's fit/validate/test/predict, plus ``export``.
+"""The ``lit-dft`` command: LightningCLI's fit/validate/test/predict, plus ``export`` and ``plot-polarization``.
 
 It is ``lit-dft fit``, not ``lightning fit``: since Lightning 2.5.1 the ``lightning`` command
 belongs to Lightning's cloud SDK.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 from lit_dft.data import MathDataModule
@@ -33,10 +34,16 @@ def _export(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # data fields document themselves
     args = sys.argv[1:] if argv is None else argv
     try:
         if args[:1] == ["export"]:
             _export(args[1:])
+            return
+        if args[:1] == ["plot-polarization"]:
+            from lit_dft.plot import main as plot_main
+
+            plot_main(args[1:])
             return
         LitDFTCLI(
             CausalLMModule,

@@ -6,7 +6,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lit_dft.models import TINY_MODEL, load_tokenizer
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
 def micro_llama(vocab_size: int = 64, dtype: torch.dtype = torch.float64, tied: bool = True, seed: int = 0) -> LlamaForCausalLM:
@@ -28,3 +30,14 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer():
     return load_tokenizer(TINY_MODEL)
+
+
+@pytest.fixture(scope="session", params=["sft", "dft"])
+def smoke_run(request, tmp_path_factory) -> tuple[str, Path]:
+    """``lit-dft fit --config configs/smoke.yaml --model.loss LOSS`` into a fresh folder: (loss, folder)."""
+    from lit_dft.cli import main
+
+    run = tmp_path_factory.mktemp(request.param)
+    main(["fit", "--config", SMOKE, f"--model.loss={request.param}",
+          f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}"])
+    return request.param, run

@@ -1,0 +1,154 @@
+"""Fixed-bin counts of target-token probabilities, split by token category, summed across ranks.
+
+Counting into fixed bins on each rank and all-reducing the counts gives the histogram of the global
+batch without gathering per-token values; TensorBoard takes such raw histograms directly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+# The paper's bins (section 4.3.1): [0, 1e-4, 1e-3, 1e-2, 0.1, 0.2, ..., 0.9, 1.0].
+PAPER_BINS = (0.0, 1e-4, 1e-3, 1e-2) + tuple(round(0.1 * i, 1) for i in range(1, 11))
+PROB_EDGES = torch.linspace(0.0, 1.0, 51)  # histogram of p
+LOG10_EDGES = torch.linspace(-8.0, 0.0, 81)  # histogram of log10 p; lower values land in the first bin
+
+FUNCTION_WORDS = (
+    "a an the and or but if of to in on at by for with from as is are was were be been being this that these those "
+    "it its we us our you your i he she they them their there here then than so thus hence since because let now "
+    "which what when where who whom how not no do does did can will would should could may might must have has had "
+    "into onto over under each all any both some such also only very just"
+).split()
+
+DEFAULT_RULES: dict[str, str] = {
+    "number": r"^\s*\d+\s*$",
+    "math": r"^\s*(\\[A-Za-z]+|[=+\-*/^_{}()\[\]<>|$\\%!]+)\s*$",
+    "function_word": r"(?i)^\s*(" + "|".join(FUNCTION_WORDS) + r")\s*$",
+    "word": r"^\s*[A-Za-z]+\s*$",
+    "punctuation": r"^[\s\W_]*$",
+}
+
+
+@dataclass
+class TokenCategories:
+    """Assigns every vocabulary entry a category by the first regular expression its text matches.
+
+    ``rules`` is an ordered mapping ``name -> regex`` over the decoded token; tokens that match none
+    are ``other``, so the categories partition the vocabulary. Override or extend in YAML.
+    """
+
+    rules: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RULES))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.rules) + ["other"]
+
+    def table(self, tokenizer: PreTrainedTokenizerBase) -> Tensor:
+        """Category index of every token id."""
+        patterns = [re.compile(rule) for rule in self.rules.values()]
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        categories = [next((k for k, p in enumerate(patterns) if p.search(text)), len(patterns)) for text in texts]
+        return torch.tensor(categories, dtype=torch.long)
+
+
+def _bucket(values: Tensor, edges: Tensor) -> Tensor:
+    """Index of the bin of each value; values outside go to the first or last bin."""
+    return (torch.bucketize(values, edges[1:-1].to(values), right=True)).clamp(0, len(edges) - 2)
+
+
+class ProbabilityCounts:
+    """Per-category counts over three binnings (p, log10 p, the paper's bins), plus sums of p."""
+
+    def __init__(self, categories: list[str], device: torch.device) -> None:
+        self.categories = categories
+        self.sizes = (len(PROB_EDGES) - 1, len(LOG10_EDGES) - 1, len(PAPER_BINS) - 1, 1)
+        self.counts = torch.zeros(len(categories), sum(self.sizes), dtype=torch.float64, device=device)
+        self._paper_edges = torch.tensor(PAPER_BINS, dtype=torch.float64)
+
+    def add(self, log_probs: Tensor, category: Tensor) -> None:
+        log_probs = log_probs.detach().double()
+        probs = log_probs.exp()
+        offsets = torch.tensor([0, self.sizes[0], self.sizes[0] + self.sizes[1]], device=probs.device)
+        bins = torch.stack(
+            [
+                _bucket(probs, PROB_EDGES.double()),
+                _bucket(log_probs / math.log(10), LOG10_EDGES.double()),
+                _bucket(probs, self._paper_edges),
+            ]
+        ) + offsets[:, None]
+        width = self.counts.shape[1]
+        flat = (category[None, :] * width + bins).flatten()
+        self.counts += torch.bincount(flat, minlength=self.counts.numel()).view_as(self.counts).to(self.counts)
+        self.counts[:, -1] += torch.zeros(len(self.categories), dtype=torch.float64, device=probs.device).index_add_(0, category, probs)
+
+    def reduced(self, trainer: Trainer) -> Tensor:
+        """The counts summed over all ranks (a collective: call it on every rank)."""
+        return trainer.strategy.reduce(self.counts.clone(), reduce_op="sum")
+
+    def reset(self) -> None:
+        self.counts.zero_()
+
+    def split(self, counts: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(p histogram, log10 p histogram, paper-bin counts, sum of p) for one category row or the total."""
+        return tuple(torch.split(counts, self.sizes, dim=-1))
+
+
+def paper_bin_labels() -> list[str]:
+    return [f"{i:02d}_{lo:g}-{hi:g}" for i, (lo, hi) in enumerate(zip(PAPER_BINS[:-1], PAPER_BINS[1:]))]
+
+
+class StatsLogger:
+    """Writes counts as TensorBoard histograms and scalars; warns once when no TensorBoard logger is set."""
+
+    def __init__(self) -> None:
+        self._warned = False
+
+    def log(self, trainer: Trainer, prefix: str, stats: ProbabilityCounts, counts: Tensor, step: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not tensorboards and not self._warned:
+            rank_zero_warn("Token-probability histograms need a TensorBoardLogger; logging only the bin fractions.")
+            self._warned = True
+        scalars: dict[str, float] = {}
+        rows = {"": counts.sum(0)} | {f"category/{name}/": counts[i] for i, name in enumerate(stats.categories)}
+        for name, row in rows.items():
+            prob_hist, log_hist, paper, prob_sum = stats.split(row)
+            total = float(prob_hist.sum())
+            if total == 0:
+                continue
+            scalars[f"{prefix}/{name}mean_prob"] = float(prob_sum) / total
+            scalars[f"{prefix}/{name}tokens"] = total
+            if name == "":
+                scalars.update({f"{prefix}/prob_bin/{label}": float(c) / total for label, c in zip(paper_bin_labels(), paper)})
+            for tensorboard in tensorboards:
+                _add_histogram(tensorboard, f"{prefix}/{name}target_prob_hist", prob_hist, PROB_EDGES, step)
+                _add_histogram(tensorboard, f"{prefix}/{name}target_log10_prob_hist", log_hist, LOG10_EDGES, step)
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+
+
+def _add_histogram(logger: TensorBoardLogger, tag: str, counts: Tensor, edges: Tensor, step: int) -> None:
+    counts = counts.cpu().double()
+    centres = ((edges[:-1] + edges[1:]) / 2).double()
+    nonzero = torch.nonzero(counts).flatten()
+    logger.experiment.add_histogram_raw(
+        tag,
+        min=float(edges[nonzero[0]]),
+        max=float(edges[nonzero[-1] + 1]),
+        num=int(counts.sum()),
+        sum=float((counts * centres).sum()),
+        sum_squares=float((counts * centres**2).sum()),
+        bucket_limits=edges[1:].tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )

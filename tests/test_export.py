@@ -1,0 +1,54 @@
+import hashlib
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lit_dft.cli import main
+from lit_dft.errors import LitDFTError
+from lit_dft.export import export_checkpoint, export_pretrained
+from lit_dft.models import EMBEDDED_MODEL, TINY_MODEL, load_model, load_tokenizer
+
+IDS = torch.tensor([[1, 504, 3458, 314, 216, 33, 30, 33, 47, 2]])
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model.eval()(input_ids=IDS).logits
+
+
+def test_checkpoint_export_round_trip_reproduces_the_logits(smoke_run, tmp_path, capsys):
+    _, run = smoke_run
+    (ckpt,) = run.rglob("*.ckpt")
+    main(["export", str(ckpt), str(tmp_path / "hf")])
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    reference = load_model(TINY_MODEL)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    reference.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    torch.testing.assert_close(_logits(exported), _logits(reference), rtol=0, atol=0)
+    assert not torch.allclose(_logits(load_model(TINY_MODEL)), _logits(reference)), "trained weights differ from a fresh init"
+    assert (tmp_path / "hf" / "tokenizer_config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_gguf_model_exports_to_plain_safetensors(tmp_path):
+    model = load_model(EMBEDDED_MODEL)
+    out = export_pretrained(model, load_tokenizer(EMBEDDED_MODEL), tmp_path / "smollm2")
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    assert getattr(exported.config, "quantization_config", None) is None
+    torch.testing.assert_close(_logits(exported), _logits(model), rtol=0, atol=0)
+
+
+def test_unwritable_export_target_is_reported_and_checkpoint_untouched(smoke_run, tmp_path):
+    _, run = smoke_run
+    (ckpt,) = run.rglob("*.ckpt")
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(LitDFTError, match="Cannot write the export to"):
+        export_checkpoint(ckpt, blocker / "out")
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == digest
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(LitDFTError, match="Checkpoint not found"):
+        export_checkpoint(tmp_path / "none.ckpt", tmp_path / "out")
