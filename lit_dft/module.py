@@ -13,6 +13,9 @@ from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_dft.errors import LitDFTError
+from lit_dft.evaluation.checking import AnswerChecker
+from lit_dft.evaluation.metrics import MathAccuracy
+from lit_dft.generation import Sampling, generate, score
 from lit_dft.models import EMBEDDED_MODEL, load_model, load_tokenizer
 from lit_dft.objectives import DFT, TokenObjective, build_objective
 from lit_dft.token_loss import IGNORE_INDEX, chunked_objective_loss, naive_objective_loss
@@ -45,12 +48,18 @@ class CausalLMModule(LightningModule):
         trust_remote_code: run model code from the hub; off unless you trust the repository.
         gradient_checkpointing: recompute activations in backward to save memory.
         loss_chunk_size: target tokens per chunk of the output projection in the chunked loss;
-            ``None`` chunks when the vocabulary has >= 32,768 entries, ``0`` always uses full logits.
+            ``None`` chunks when the vocabulary has >= 32,768 entries, with chunks of about 256 MB of
+            float32 logits; ``0`` always uses full logits.
         learning_rate: AdamW peak learning rate (paper: 5e-5).
         betas: AdamW betas (paper: 0.9, 0.95).
         weight_decay: AdamW weight decay, not applied to biases and norm weights (paper: 0.01).
         warmup_ratio: fraction of optimiser steps of linear warm-up before the cosine decay (paper: 0.1).
         min_lr_ratio: final learning rate as a fraction of the peak.
+        max_new_tokens: evaluation: generated tokens per answer at most.
+        num_samples: evaluation: answers per problem, k (accuracy is mean@k; pass@k is logged too).
+        temperature: evaluation: sampling temperature, 0 for greedy decoding (the paper: 1.0 with k=16).
+        top_p: evaluation: nucleus sampling threshold.
+        answer_timeout_s: evaluation: seconds one answer check may take before it counts as incorrect.
     """
 
     def __init__(
@@ -66,10 +75,18 @@ class CausalLMModule(LightningModule):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         min_lr_ratio: float = 0.0,
+        max_new_tokens: int = 1024,
+        num_samples: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        answer_timeout_s: float = 5.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.objective = build_objective(loss)
+        self.sampling = Sampling(max_new_tokens, num_samples, temperature, top_p)
+        self.checker = AnswerChecker(answer_timeout_s)
+        self.eval_metrics = torch.nn.ModuleDict()
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._window: Tensor | None = None  # float32 sums over the accumulation window, see _WINDOW_FIELDS
@@ -119,7 +136,7 @@ class CausalLMModule(LightningModule):
             hidden = self.model.base_model(**inputs).last_hidden_state[:, :-1][mask]
             weight = self.model.get_output_embeddings().weight
             loss_sum, log_probs = chunked_objective_loss(
-                hidden, weight, flat_targets, self.objective, self.hparams.loss_chunk_size or 1024
+                hidden, weight, flat_targets, self.objective, self.hparams.loss_chunk_size
             )
         else:
             logits = self.model(**inputs).logits[:, :-1][mask]
@@ -159,7 +176,9 @@ class CausalLMModule(LightningModule):
 
     # ---- validation ------------------------------------------------------------------------------
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
+        if "prompt_input_ids" in batch:
+            return self._answer(batch)
         out = self.token_losses(batch)
         log_probs = out.pop("flat_log_probs")
         if log_probs.numel() == 0:
@@ -167,8 +186,47 @@ class CausalLMModule(LightningModule):
         values = {"loss": self.objective(log_probs), **self._token_stats(log_probs)}
         for name, metric in self.val_metrics.items():
             metric.update(values[name])
-            self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss")
+            self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss", add_dataloader_idx=False)
         return out
+
+    # ---- evaluation by generation ----------------------------------------------------------------
+
+    def _answer(self, batch: dict[str, Any]) -> list[dict]:
+        """Generate k answers per problem, check them, update the benchmark's accuracy; the records go to callbacks."""
+        texts = generate(self.model, self.tokenizer, batch, self.sampling)
+        correct, records = score(texts, batch, self.sampling.num_samples, self.checker)
+        name = batch["benchmark"]
+        if name not in self.eval_metrics:
+            self.eval_metrics[name] = MathAccuracy().to(self.device)
+        self.eval_metrics[name].update(correct.to(self.device))
+        return records
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        return self._answer(batch)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        return self._answer(batch)
+
+    def _log_benchmarks(self, stage: str) -> None:
+        """``<stage>/<benchmark>/acc`` (mean@k), ``.../pass_at_k`` and the average ``<stage>/acc``."""
+        accuracies = []
+        for name, metric in self.eval_metrics.items():
+            values = metric.compute()
+            accuracies.append(values["acc"])
+            for key, value in values.items():
+                self.log(f"{stage}/{name}/{key}", value, add_dataloader_idx=False)
+            metric.reset()
+        if accuracies:
+            self.log(f"{stage}/acc", torch.stack(accuracies).mean(), add_dataloader_idx=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_benchmarks("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_benchmarks("test")
+
+    def on_predict_epoch_end(self) -> None:
+        self.eval_metrics.clear()
 
     # ---- optimisation ----------------------------------------------------------------------------
 
@@ -195,3 +253,15 @@ class CausalLMModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the model's config so ``lit-dft export`` rebuilds it without the original weights."""
         checkpoint["hf_config"] = self.model.config.to_dict()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("eval_metrics.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model shape with one sentence rather than a shape error."""
+        saved = checkpoint.get("hf_config", {})
+        current = self.model.config
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
+            if key in saved and saved[key] != getattr(current, key, None):
+                raise LitDFTError(
+                    f"Checkpoint does not match model {self.hparams.model_name_or_path!r}: its {key} is {saved[key]}, "
+                    f"the model's is {getattr(current, key, None)}. Set model.model_name_or_path to the model it was trained from."
+                )

@@ -69,23 +69,30 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
         return loss_sum, log_probs
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor, _grad_log_probs: Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden, grad_weight = ctx.saved_tensors  # scaled in place: backward runs once, no copies
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+            grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None
 
 
+def default_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk so that one chunk's float32 logits take about 256 MB."""
+    return max(64, 2**26 // vocab_size)
+
+
 def chunked_objective_loss(
-    hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int = 1024
+    hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """Loss sum and target log-probs from hidden states ``(N, H)`` and the output projection ``(V, H)``.
 
     Requires an elementwise objective (every :class:`TokenObjective` is) and a head without bias,
-    scaling or soft-capping.
+    scaling or soft-capping. ``chunk_size`` defaults to :func:`default_chunk_size`.
     """
+    chunk_size = chunk_size or default_chunk_size(weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return _ChunkedObjectiveLoss.apply(hidden, weight, targets, objective, chunk_size)

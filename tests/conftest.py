@@ -32,12 +32,22 @@ def tokenizer():
     return load_tokenizer(TINY_MODEL)
 
 
-@pytest.fixture(scope="session", params=["sft", "dft"])
-def smoke_run(request, tmp_path_factory) -> tuple[str, Path]:
-    """``lit-dft fit --config configs/smoke.yaml --model.loss LOSS`` into a fresh folder: (loss, folder)."""
+_SMOKE_RUNS: dict[str, Path] = {}
+
+
+def smoke_run_dir(loss: str, tmp_path_factory) -> Path:
+    """``lit-dft fit --config configs/smoke.yaml --model.loss LOSS`` into a fresh folder, once per session."""
     from lit_dft.cli import main
 
-    run = tmp_path_factory.mktemp(request.param)
-    main(["fit", "--config", SMOKE, f"--model.loss={request.param}",
-          f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}"])
-    return request.param, run
+    if loss not in _SMOKE_RUNS:
+        run = tmp_path_factory.mktemp(loss)
+        main(["fit", "--config", SMOKE, f"--model.loss={loss}",
+              f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}"])
+        _SMOKE_RUNS[loss] = run
+    return _SMOKE_RUNS[loss]
+
+
+@pytest.fixture(scope="session", params=["sft", "dft"])
+def smoke_run(request, tmp_path_factory) -> tuple[str, Path]:
+    """(loss, folder) of a smoke run with that objective."""
+    return request.param, smoke_run_dir(request.param, tmp_path_factory)

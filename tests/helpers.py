@@ -4,6 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_dft.data.collate import PadCollator
+from lit_dft.models import TINY_MODEL, load_tokenizer
 from lit_dft.module import CausalLMModule
 from tests.conftest import micro_llama
 
@@ -17,6 +18,7 @@ class MicroModule(CausalLMModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = micro_llama()
+            self.tokenizer = load_tokenizer(TINY_MODEL)  # ids below 64 are its first 64 tokens
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=1.0)

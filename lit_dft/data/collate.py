@@ -31,3 +31,28 @@ class PadCollator:
             attention_mask[i, : len(ids)] = 1
             labels[i, row["prompt_length"] : len(ids)] = ids[row["prompt_length"] :]
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@dataclass
+class PromptCollator:
+    """Left-pads prompts for batched generation and carries each problem's metadata along."""
+
+    pad_token_id: int
+    benchmark: str
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        longest = max(len(row["prompt_ids"]) for row in rows)
+        input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids = torch.as_tensor(row["prompt_ids"], dtype=torch.long)
+            input_ids[i, longest - len(ids) :] = ids
+            attention_mask[i, longest - len(ids) :] = 1
+        return {
+            "prompt_input_ids": input_ids,
+            "prompt_attention_mask": attention_mask,
+            "benchmark": self.benchmark,
+            "ids": [row["id"] for row in rows],
+            "questions": [row["question"] for row in rows],
+            "answers": [row["answers"] for row in rows],
+        }

@@ -12,7 +12,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, RandomSampler
 
-from lit_dft.data.collate import PadCollator
+from lit_dft.data.collate import PadCollator, PromptCollator
 from lit_dft.data.formatting import BOXED_INSTRUCTION, PromptFormatter, PromptStyle, gsm8k_to_boxed
 from lit_dft.data.presets import Preset, read_row, required_columns, resolve_preset
 from lit_dft.data.sampler import LengthGroupedSampler
@@ -21,6 +21,31 @@ from lit_dft.errors import LitDFTError
 from lit_dft.models import EMBEDDED_MODEL, load_tokenizer
 
 _MODEL_COLUMNS = ["input_ids", "prompt_length"]
+_ID_COLUMNS = ("id", "unique_id", "idx", "identifier")
+
+
+@dataclass
+class EvalSet:
+    """A benchmark whose problems the model answers by generation in validate/test/predict."""
+
+    preset: str | Preset
+    """Preset name or inline preset (see ``MathDataModule.preset``)."""
+    path: str | None = None
+    """Local file or folder; None reads the preset's hub data set."""
+    limit: int | None = None
+    """Evaluate only the first N problems."""
+    name: str | None = None
+    """Name in logs and predictions; defaults to the preset name."""
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.preset if isinstance(self.preset, str) else "custom")
+
+
+def _eval_row(row: dict, index: int, preset: Preset) -> dict:
+    normalised = read_row(row, preset)
+    row_id = next((row[c] for c in _ID_COLUMNS if row.get(c) is not None), index)
+    return {"id": str(row_id), "question": normalised["question"], "answers": normalised["answers"]}
 
 
 def _encode_rows(
@@ -89,22 +114,32 @@ class MathDataModule(LightningDataModule):
     """DataLoader worker processes."""
     num_proc: int | None = None
     """Processes for tokenisation (``datasets.map``); None tokenises in this process."""
+    eval_sets: list[EvalSet] = field(default_factory=list)
+    """Benchmarks answered by generation in ``test`` and ``predict`` (and ``validate`` with ``validate_benchmarks``),
+    e.g. [{preset: math500, path: ../shared/data/math500/test.jsonl, limit: 20}]."""
+    eval_limit: int | None = None
+    """Problems per benchmark for quick runs; overrides each eval set's ``limit`` when smaller."""
+    validate_benchmarks: bool = False
+    """Also generate on the eval sets at every validation during ``fit`` (slow: one generation per problem)."""
     report: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__init__()
         self._preset = resolve_preset(self.preset)
+        self.tokenizer = None
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
+        self.eval_data: dict[str, list[dict]] | None = None
 
     # ---- reading -----------------------------------------------------------------------------------
 
-    def _raw(self, path: str | None) -> datasets.Dataset:
+    def _raw(self, path: str | None, preset: Preset | None = None, name: str | None = None) -> datasets.Dataset:
+        preset = preset or self._preset
         if path is not None:
             return load_local(path)
-        if self._preset == resolve_preset("champ"):
+        if preset == resolve_preset("champ"):
             return load_champ()
-        return load_hub(self._preset, str(self.preset))
+        return load_hub(preset, name or str(self.preset))
 
     def _normalise(self, raw: datasets.Dataset, source: str) -> datasets.Dataset:
         """Rows in the preset's schema to question/solution/answers; skip and count unusable rows."""
@@ -120,8 +155,8 @@ class MathDataModule(LightningDataModule):
                 self.report[f"skipped: {reason}"] = self.report.get(f"skipped: {reason}", 0) + count
         return rows.filter(lambda skip: not skip, input_columns="skip")
 
-    def _tokenise(self, rows: datasets.Dataset, formatter: PromptFormatter) -> datasets.Dataset:
-        options = {"formatter": formatter, "max_length": self.max_length, "overlong": self.overlong}
+    def _tokenise(self, rows: datasets.Dataset) -> datasets.Dataset:
+        options = {"formatter": self.formatter, "max_length": self.max_length, "overlong": self.overlong}
         options["rewrite_gsm8k"] = self.boxed_answers and self._preset.answer_format == "gsm8k"
         tokens = rows.map(_encode_rows, batched=True, fn_kwargs=options, num_proc=self.num_proc)
         for status, count in Counter(tokens["status"]).items():
@@ -132,12 +167,18 @@ class MathDataModule(LightningDataModule):
     # ---- LightningDataModule -----------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None or self.val_set is not None:
-            return
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
+            self.formatter = PromptFormatter(self.tokenizer, self.prompt_style, self.system_prompt, self.instruction)
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            self._setup_training()
+        wants_benchmarks = stage in ("test", "predict") or (self.validate_benchmarks and stage in (None, "fit", "validate"))
+        if wants_benchmarks and self.eval_data is None:
+            self._setup_benchmarks()
+
+    def _setup_training(self) -> None:
         if self._preset.solution is None and not self._preset.messages:
             raise LitDFTError(f"Preset {self.preset!r} has no reference solutions to train on; it is for evaluation only")
-        self.tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
-        formatter = PromptFormatter(self.tokenizer, self.prompt_style, self.system_prompt, self.instruction)
         source = self.path or str(self.preset)
         rows = self._normalise(self._raw(self.path), source)
         if self.limit is not None and self.limit < len(rows):
@@ -151,13 +192,41 @@ class MathDataModule(LightningDataModule):
             train_rows, val_rows = split["train"], split["test"]
         else:
             train_rows, val_rows = rows, None
-        self.train_set = self._tokenise(train_rows, formatter)
-        self.val_set = self._tokenise(val_rows, formatter) if val_rows is not None else None
+        self.train_set = self._tokenise(train_rows)
+        self.val_set = self._tokenise(val_rows) if val_rows is not None else None
         self.report["train examples"] = len(self.train_set)
         self.report["validation examples"] = len(self.val_set) if self.val_set is not None else 0
         rank_zero_info(f"{source}: " + ", ".join(f"{k} {v}" for k, v in self.report.items()))
         if len(self.train_set) == 0:
             raise LitDFTError(f"{source}: no training examples left after filtering ({self._summary()})")
+
+    def _setup_benchmarks(self) -> None:
+        """Prompts and gold answers of every eval set; problems without a question or gold answer are counted."""
+        if not self.eval_sets:
+            raise LitDFTError("No benchmarks to evaluate: set data.eval_sets, e.g. [{preset: math500, path: ...}]")
+        self.eval_data = {}
+        for spec in self.eval_sets:
+            preset, label = resolve_preset(spec.preset), spec.label
+            if not preset.answer:
+                raise LitDFTError(f"Benchmark {label!r} has no gold answers (its preset names no answer column)")
+            raw = self._raw(spec.path, preset, label)
+            columns = [c for c in (preset.messages or preset.question, preset.answer) if c not in raw.column_names]
+            if columns:
+                raise LitDFTError(f"{label}: missing column(s) {', '.join(columns)}; the columns are: {', '.join(raw.column_names)}")
+            limits = [n for n in (spec.limit, self.eval_limit) if n is not None]
+            if limits and min(limits) < len(raw):
+                raw = raw.select(range(min(limits)))
+            rows = [_eval_row(row, i, preset) for i, row in enumerate(raw)]
+            usable = [row for row in rows if row["question"] and row["answers"]]
+            prompts = self.tokenizer([self.formatter.prompt(r["question"]) for r in usable],
+                                     add_special_tokens=self.formatter.style == "plain")["input_ids"]
+            problems = [{**row, "prompt_ids": ids} for row, ids in zip(usable, prompts) if len(ids) < self.max_length]
+            if not problems:
+                raise LitDFTError(f"Benchmark {label!r}: none of its {len(rows)} problems has a question, a gold answer "
+                                  f"and a prompt shorter than max_length={self.max_length}")
+            self.eval_data[label] = problems
+            rank_zero_info(f"{label}: {len(rows)} problems, {len(rows) - len(usable)} without question or gold answer, "
+                           f"{len(usable) - len(problems)} prompts over max_length, {len(problems)} evaluated")
 
     def _summary(self) -> str:
         return ", ".join(f"{k}: {v}" for k, v in self.report.items() if k.startswith(("rows", "skipped", "dropped")))
@@ -179,7 +248,19 @@ class MathDataModule(LightningDataModule):
             sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(self.seed))
         return self._loader(self.train_set, self.batch_size, sampler)
 
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
-            return []
-        return self._loader(self.val_set, self.eval_batch_size or self.batch_size)
+    def _benchmark_loaders(self) -> list[DataLoader]:
+        return [
+            DataLoader(problems, batch_size=self.eval_batch_size or self.batch_size, num_workers=self.num_workers,
+                       collate_fn=PromptCollator(self.tokenizer.pad_token_id, label))
+            for label, problems in self.eval_data.items()
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        loaders = [self._loader(self.val_set, self.eval_batch_size or self.batch_size)] if self.val_set is not None else []
+        return loaders + (self._benchmark_loaders() if self.validate_benchmarks else [])
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._benchmark_loaders()
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._benchmark_loaders()

@@ -1,0 +1,1 @@
+"""Benchmarks: each measures ratios against a baseline run side by side in the same invocation."""
