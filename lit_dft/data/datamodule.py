@@ -218,8 +218,8 @@ class MathDataModule(LightningDataModule):
                 raw = raw.select(range(min(limits)))
             rows = [_eval_row(row, i, preset) for i, row in enumerate(raw)]
             usable = [row for row in rows if row["question"] and row["answers"]]
-            prompts = self.tokenizer([self.formatter.prompt(r["question"]) for r in usable],
-                                     add_special_tokens=self.formatter.style == "plain")["input_ids"]
+            texts = [self.formatter.prompt(r["question"]) for r in usable]
+            prompts = self.tokenizer(texts, add_special_tokens=self.formatter.style == "plain")["input_ids"] if texts else []
             problems = [{**row, "prompt_ids": ids} for row, ids in zip(usable, prompts) if len(ids) < self.max_length]
             if not problems:
                 raise LitDFTError(f"Benchmark {label!r}: none of its {len(rows)} problems has a question, a gold answer "

@@ -1,0 +1,78 @@
+import pytest
+
+from lit_dft.evaluation import AnswerChecker, extract_answer, last_boxed
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("So the answer is $\\boxed{\\frac{14}{3}}$.", "\\frac{14}{3}"),
+        ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("nested \\boxed{\\dfrac{\\sqrt{3}}{2}} done", "\\dfrac{\\sqrt{3}}{2}"),
+        ("first \\boxed{1} then corrected \\boxed{2}", "2"),  # the last box wins
+        ("The angle is \\boxed{30^\\circ}.", "30^\\circ"),
+        ("It is \\boxed{5\\text{ cm}}", "5\\text{ cm}"),
+        ("old style \\fbox{42}", "42"),
+        ("Natalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72", "72"),
+        ("#### 1,000", "1000"),
+        ("Therefore, the answer is 17.", "17"),
+        ("The final answer is: $x = 3$", "x = 3"),
+        ("I have no idea.", None),
+        ("unclosed \\boxed{3", None),
+        ("", None),
+    ],
+)
+def test_extraction_on_real_cases(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_last_boxed_handles_deep_nesting():
+    assert last_boxed("\\boxed{\\frac{a^{2}}{b_{1}}}") == "\\frac{a^{2}}{b_{1}}"
+
+
+@pytest.fixture(scope="module")
+def checker():
+    checker = AnswerChecker(timeout_s=5.0)
+    yield checker
+    checker.close()
+
+
+@pytest.mark.parametrize(
+    "prediction, gold",
+    [
+        ("0.5", "\\frac12"),
+        ("27", "27.0"),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\pi/2)"),
+        ("\\dfrac{3}{4}", "\\frac{3}{4}"),
+        ("x^2+1", "1+x^2"),
+        ("30^\\circ", "30"),
+        ("5\\text{ cm}", "5"),
+        ("\\sqrt{12}", "2\\sqrt{3}"),
+    ],
+)
+def test_equivalences_that_must_hold(checker, prediction, gold):
+    assert checker.check(prediction, [gold]).correct
+
+
+@pytest.mark.parametrize(
+    "prediction, gold", [("0.51", "\\frac12"), ("28", "27.0"), ("(3,\\pi)", "(3,\\pi/2)"), ("x^2-1", "x^2+1"), ("-5", "5")]
+)
+def test_equivalences_that_must_not_hold(checker, prediction, gold):
+    verdict = checker.check(prediction, [gold])
+    assert not verdict.correct and verdict.reason == "not equivalent"
+
+
+def test_every_gold_part_must_match(checker):
+    assert checker.check("2, 3", ["2", "3"]).correct
+    assert not checker.check("2", ["2", "3"]).correct
+
+
+def test_missing_answer_and_pathological_expression_count_as_incorrect_with_a_reason():
+    checker = AnswerChecker(timeout_s=1.0)
+    try:
+        assert checker.check(None, ["1"]).reason == "no answer found"
+        assert checker.check("1", []).reason == "no gold answer"
+        assert checker.check("9^{9^{9^{9^{9}}}}", ["1"]).reason == "timeout"
+        assert checker.check("2", ["2.0"]).correct, "a fresh worker replaces the killed one"
+    finally:
+        checker.close()

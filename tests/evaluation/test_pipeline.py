@@ -1,0 +1,120 @@
+import json
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import lit_dft.module
+from lit_dft.cli import main
+from lit_dft.data import MathDataModule
+from lit_dft.data.datamodule import EvalSet
+from lit_dft.errors import LitDFTError
+from lit_dft.evaluation import MathAccuracy
+from lit_dft.models import TINY_MODEL
+from lit_dft.module import CausalLMModule
+from tests.conftest import SHARED_DATA, smoke_run_dir
+
+BENCHMARKS = {
+    "math500": "math500/test.jsonl", "minerva_math": "minerva_math/test.jsonl", "olympiadbench": "olympiadbench/test.jsonl",
+    "aime24": "aime24/test.jsonl", "amc23": "amc23/test.jsonl", "gsm8k": "gsm8k/test.jsonl",
+}
+
+
+def _reference_solution(benchmark: str, row: dict) -> str:
+    """What a perfect model would write: the data set's own solution where it states the answer in its
+    standard form (GSM8K's ####, a final box), else a sentence boxing the gold answer."""
+    if benchmark in ("gsm8k", "minerva_math"):
+        return row["answer"] if benchmark == "gsm8k" else row["solution"]
+    return "The answer is \\boxed{" + ", ".join(row["gold"]) + "}."
+
+
+def _run_with_stand_in(monkeypatch, emit) -> dict[str, dict]:
+    """Evaluate every benchmark with generation replaced by ``emit(benchmark, source_row)``."""
+    sources = {name: {} for name in BENCHMARKS}
+    for name, path in BENCHMARKS.items():
+        for i, line in zip(range(4), open(SHARED_DATA / path)):
+            sources[name][i] = json.loads(line)
+    data = MathDataModule(tokenizer_name_or_path=TINY_MODEL, eval_sets=[EvalSet(n, str(SHARED_DATA / p), limit=4) for n, p in BENCHMARKS.items()])
+    data.setup("test")
+    module = CausalLMModule(TINY_MODEL)
+
+    def fake_generate(model, tokenizer, batch, sampling):
+        texts = []
+        for i, problem_id in enumerate(batch["ids"]):
+            source = next(r for j, r in sources[batch["benchmark"]].items()
+                          if str(next((r[c] for c in ("id", "unique_id", "idx") if r.get(c) is not None), j)) == problem_id)
+            texts.append(emit(batch["benchmark"], {**source, "gold": batch["answers"][i]}))
+        return texts
+
+    monkeypatch.setattr(lit_dft.module, "generate", fake_generate)
+    for loader in data.test_dataloader():
+        for batch in loader:
+            module._answer(batch)
+    results = {name: metric.compute() for name, metric in module.eval_metrics.items()}
+    module.checker.close()
+    return results
+
+
+def test_perfect_stand_in_scores_one_and_garbage_scores_zero_on_every_benchmark(monkeypatch):
+    perfect = _run_with_stand_in(monkeypatch, _reference_solution)
+    garbage = _run_with_stand_in(monkeypatch, lambda benchmark, row: "I think it is \\boxed{banana}.")
+    assert set(perfect) == set(BENCHMARKS)
+    for name in BENCHMARKS:
+        assert perfect[name]["problems"] == 4
+        assert perfect[name]["acc"] == 1.0, name
+        assert garbage[name]["acc"] == 0.0, name
+
+
+def test_metric_reports_mean_and_pass_at_k():
+    metric = MathAccuracy()
+    metric.update(torch.tensor([[True, False, False, False], [False, False, False, False], [True, True, True, True]]))
+    values = metric.compute()
+    assert values["acc"] == pytest.approx(5 / 12) and values["pass_at_k"] == pytest.approx(2 / 3)
+
+
+def _ddp_worker(rank: int, world: int, port: int, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    metric = MathAccuracy()
+    rows = torch.tensor([[True, False], [False, False], [True, True], [False, True], [True, True]])
+    metric.update(rows[rank::world])  # each rank sees different problems, unequal counts
+    values = metric.compute()
+    results[rank] = (float(values["acc"]), float(values["pass_at_k"]), float(values["problems"]))
+    dist.destroy_process_group()
+
+
+def test_metric_reduces_across_two_processes():
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, 29517, results), nprocs=2)
+    assert results[0] == results[1] == pytest.approx((6 / 10, 4 / 5, 5.0))
+
+
+def test_benchmark_without_gold_answers_is_refused(tmp_path):
+    data = tmp_path / "no_answers.jsonl"
+    data.write_text(json.dumps({"question": "1+1?", "answer": ""}) + "\n")
+    dm = MathDataModule(tokenizer_name_or_path=TINY_MODEL, eval_sets=[EvalSet("amc23", str(data))])
+    with pytest.raises(LitDFTError, match="none of its 1 problems has a question, a gold answer"):
+        dm.setup("test")
+    dm = MathDataModule(tokenizer_name_or_path=TINY_MODEL, eval_sets=[EvalSet({"question": "question", "answer": None}, str(data))])
+    with pytest.raises(LitDFTError, match="has no gold answers"):
+        dm.setup("test")
+
+
+def test_lit_dft_test_end_to_end_writes_accuracies_and_predictions(tmp_path):
+    predictions = tmp_path / "predictions.jsonl"
+    main(["test", "--config", "configs/eval.yaml", "--model.model_name_or_path=tiny", "--model.max_new_tokens=8",
+          "--data.eval_limit=2", f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+          f"--trainer.callbacks.init_args.path={predictions}"])
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(records) == 2 * len(BENCHMARKS)
+    assert {r["benchmark"] for r in records} == set(BENCHMARKS)
+    assert all(set(r) >= {"id", "gold", "generation", "extracted", "correct", "reason"} for r in records)
+    assert all(r["reason"] for r in records if not r["correct"])
+
+
+def test_checkpoint_of_another_model_is_reported(tmp_path_factory):
+    (ckpt,) = smoke_run_dir("dft", tmp_path_factory).rglob("*.ckpt")
+    module = CausalLMModule("smollm2-135m-instruct")
+    module.configure_model()
+    with pytest.raises(LitDFTError, match="Checkpoint does not match model"):
+        module.on_load_checkpoint(torch.load(ckpt, weights_only=True))
