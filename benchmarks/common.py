@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +21,37 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, from /proc (Linux)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry, sampled every millisecond by a thread."""
+
+    def __enter__(self) -> "PeakMemory":
+        self.baseline = self.peak = rss_mb()
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak = max(self.peak, rss_mb())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc) -> None:
+        self._running = False
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+    @property
+    def mb(self) -> float:
+        return self.peak - self.baseline
 
 
 def median(values: list[float]) -> float:

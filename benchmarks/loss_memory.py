@@ -1,7 +1,7 @@
 """Chunked vs naive DFT loss: peak memory and time of forward + backward over N target tokens.
 
-Each measurement runs in a fresh process: the first pass sets the peak-RSS mark (memory), the
-following passes are timed. Variants alternate, medians are reported.
+Each measurement runs in a fresh process: the first pass measures memory (peak resident memory
+above the level before it, sampled every millisecond), the following passes are timed. Variants alternate, medians are reported.
 
     python -m benchmarks.loss_memory [--quick]
 """
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from benchmarks.common import markdown_table, median, peak_rss_mb, run_worker, save
+from benchmarks.common import PeakMemory, markdown_table, median, run_worker, save
 from lit_dft.objectives import DFT
 from lit_dft.token_loss import chunked_objective_loss, naive_objective_loss
 
@@ -32,9 +32,9 @@ def worker(variant: str, vocab: int, hidden_size: int, tokens: int, repeats: int
     hidden = (torch.randn(tokens, hidden_size, generator=g) * 0.02).requires_grad_()
     weight = (torch.randn(vocab, hidden_size, generator=g) * 0.02).requires_grad_()
     targets = torch.randint(0, vocab, (tokens,), generator=g)
-    before = peak_rss_mb()
-    _loss(variant, hidden, weight, targets).backward()
-    peak = peak_rss_mb() - before
+    with PeakMemory() as memory:
+        _loss(variant, hidden, weight, targets).backward()
+    peak = memory.mb
     times = []
     for _ in range(repeats):
         hidden.grad = weight.grad = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -93,7 +94,7 @@ def run_trl(model_name: str, steps: int) -> dict:
     tokenizer = load_tokenizer(model_name)
     config = SFTConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_length=LENGTH, max_steps=steps,
-        learning_rate=5e-5, adam_beta2=0.95, weight_decay=0.01, lr_scheduler_type="cosine", warmup_ratio=0.1,
+        learning_rate=5e-5, adam_beta2=0.95, weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=math.ceil(0.1 * steps),
         loss_type="dft", save_strategy="no", report_to=[], use_cpu=True, logging_steps=steps, disable_tqdm=True,
     )
     trainer = SFTTrainer(model=load_model(model_name), args=config, train_dataset=train, processing_class=tokenizer,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -48,7 +48,7 @@ class CausalLMModule(LightningModule):
         trust_remote_code: run model code from the hub; off unless you trust the repository.
         gradient_checkpointing: recompute activations in backward to save memory.
         loss_chunk_size: target tokens per chunk of the output projection in the chunked loss;
-            ``None`` chunks when the vocabulary has >= 32,768 entries, with chunks of about 256 MB of
+            ``None`` chunks when the vocabulary has >= 32,768 entries, with chunks of about 128 MB of
             float32 logits; ``0`` always uses full logits.
         learning_rate: AdamW peak learning rate (paper: 5e-5).
         betas: AdamW betas (paper: 0.9, 0.95).
@@ -60,6 +60,8 @@ class CausalLMModule(LightningModule):
         temperature: evaluation: sampling temperature, 0 for greedy decoding (the paper: 1.0 with k=16).
         top_p: evaluation: nucleus sampling threshold.
         answer_timeout_s: evaluation: seconds one answer check may take before it counts as incorrect.
+        on_nonfinite: what a NaN/inf loss does: ``skip`` the optimiser step (weights untouched, counted in
+            ``train/skipped_steps``) or ``stop`` the run with a message.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class CausalLMModule(LightningModule):
         temperature: float = 0.0,
         top_p: float = 1.0,
         answer_timeout_s: float = 5.0,
+        on_nonfinite: Literal["skip", "stop"] = "skip",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -90,6 +93,7 @@ class CausalLMModule(LightningModule):
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._window: Tensor | None = None  # float32 sums over the accumulation window, see _WINDOW_FIELDS
+        self.skipped_steps = 0
         self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in _WINDOW_FIELDS[:4]})
 
     def configure_model(self) -> None:
@@ -164,6 +168,9 @@ class CausalLMModule(LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         totals = self.trainer.strategy.reduce(self._window, reduce_op="sum")
         self._window = None
+        if not torch.isfinite(totals).all():  # the same verdict on every rank: totals are all-reduced
+            self._skip_nonfinite_step()
+            return
         tokens = totals[-1]
         scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens.clamp(min=1.0)
         for param in self.parameters():
@@ -173,6 +180,18 @@ class CausalLMModule(LightningModule):
         for name, value in zip(_WINDOW_FIELDS, means):
             self.log(f"train/{name}", value, prog_bar=name == "loss", rank_zero_only=True)
         self.log("train/target_tokens", tokens, rank_zero_only=True)
+
+    def _skip_nonfinite_step(self) -> None:
+        if self.hparams.on_nonfinite == "stop":
+            raise LitDFTError(
+                f"Non-finite loss at step {self.global_step}; the weights are those of the last good step. "
+                "Lower the learning rate, check the data, or set model.on_nonfinite: skip."
+            )
+        for param in self.parameters():
+            param.grad = None  # AdamW skips parameters without gradients: the weights stay untouched
+        self.skipped_steps += 1
+        rank_zero_warn(f"Non-finite loss at step {self.global_step}: optimiser step skipped ({self.skipped_steps} so far).")
+        self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
 
     # ---- validation ------------------------------------------------------------------------------
 

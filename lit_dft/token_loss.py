@@ -45,8 +45,11 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
         for start in range(0, n, chunk_size):
             h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
             logits = _at_least_float32(h @ weight.T)
-            lse = torch.logsumexp(logits, dim=-1)
-            chunk_log_probs = logits.gather(1, y.unsqueeze(1)).squeeze(1) - lse
+            target_logits = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+            row_max = logits.amax(dim=1, keepdim=True)
+            exp_logits = logits.sub_(row_max).exp_()  # in place: one chunk-sized buffer, no logsumexp temporary
+            sums = exp_logits.sum(dim=1)
+            chunk_log_probs = target_logits - row_max.squeeze(1) - sums.log()
             with torch.enable_grad():
                 leaf = chunk_log_probs.detach().requires_grad_()
                 chunk_loss = objective(leaf).sum()
@@ -55,13 +58,15 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
             log_probs[start : start + chunk_size] = chunk_log_probs
             if grad_hidden is None and grad_weight is None:
                 continue
-            # d loss / d logits = g * (onehot - softmax), built in place in the logits buffer.
-            grad_logits = logits.sub_(lse.unsqueeze(1)).exp_().mul_(-d_log_probs.unsqueeze(1))
+            # d loss / d logits = g * (onehot - softmax), built in place in the same buffer.
+            grad_logits = exp_logits.mul_((-d_log_probs / sums).unsqueeze(1))
             grad_logits.scatter_add_(1, y.unsqueeze(1), d_log_probs.unsqueeze(1))
             grad_logits = grad_logits.to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[start : start + chunk_size] = grad_logits @ weight
-            if grad_weight is not None:
+            if grad_weight is not None and grad_logits.dtype == grad_weight.dtype:
+                grad_weight.addmm_(grad_logits.T, h)  # in place: no weight-sized temporary
+            elif grad_weight is not None:
                 grad_weight += grad_logits.T @ h
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
@@ -80,8 +85,8 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
 
 
 def default_chunk_size(vocab_size: int) -> int:
-    """Tokens per chunk so that one chunk's float32 logits take about 256 MB."""
-    return max(64, 2**26 // vocab_size)
+    """Tokens per chunk so that one chunk's float32 logits take about 128 MB."""
+    return max(64, 2**25 // vocab_size)
 
 
 def chunked_objective_loss(

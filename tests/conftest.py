@@ -42,7 +42,7 @@ def smoke_run_dir(loss: str, tmp_path_factory) -> Path:
     if loss not in _SMOKE_RUNS:
         run = tmp_path_factory.mktemp(loss)
         main(["fit", "--config", SMOKE, f"--model.loss={loss}",
-              f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}"])
+              f"--trainer.default_root_dir={run}"])
         _SMOKE_RUNS[loss] = run
     return _SMOKE_RUNS[loss]
 

@@ -37,7 +37,7 @@ def test_smoke_fit_writes_checkpoint_config_and_loss_pair(smoke_run):
 def test_saved_config_reruns_as_is(smoke_run, tmp_path):
     _, run = smoke_run
     (config,) = run.rglob("config.yaml")
-    main(["fit", "--config", str(config), "--trainer.max_steps=10", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    main(["fit", "--config", str(config), "--trainer.max_steps=10", f"--trainer.default_root_dir={tmp_path}"])
     assert list(tmp_path.rglob("*.ckpt"))
 
 

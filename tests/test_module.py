@@ -6,8 +6,9 @@ from tests.helpers import MicroModule, loader, uneven_rows
 
 
 def _fit(module, data, **trainer_kwargs):
+    trainer_kwargs.setdefault("max_steps", 1)
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=1, precision="64-true", logger=False, enable_checkpointing=False,
+        accelerator="cpu", precision="64-true", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs,
     )
     before = {n: p.detach().clone() for n, p in module.named_parameters()} if module.model is not None else None
@@ -88,3 +89,41 @@ def test_training_step_returns_per_token_outputs_for_callbacks():
     manual = torch.log_softmax(module.model(input_ids=batch["input_ids"]).logits[:, :-1], -1)
     expected = manual.gather(-1, batch["labels"][:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(log_probs[mask], expected[mask])
+
+
+class _NaNOnSecondBatch(MicroModule):
+    def __init__(self, on_nonfinite: str) -> None:
+        super().__init__()
+        self.hparams.on_nonfinite = on_nonfinite
+        self.snapshots = []
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        if batch_idx == 1:
+            self._window[0] = float("nan")
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.snapshots.append({n: p.detach().clone() for n, p in self.named_parameters()})
+
+
+def test_nonfinite_loss_skips_the_step_and_leaves_the_weights_untouched():
+    module = _NaNOnSecondBatch("skip")
+    module.configure_model()
+    with pytest.warns(UserWarning, match="Non-finite loss at step 1"):
+        _fit(module, loader(uneven_rows(), 2), max_steps=3)
+    first, second, third = module.snapshots[:3]
+    assert module.skipped_steps == 1
+    assert all(torch.equal(first[n], second[n]) for n in first), "the NaN step must not move the weights"
+    assert not all(torch.equal(second[n], third[n]) for n in second), "training goes on afterwards"
+    assert all(torch.isfinite(p).all() for p in third.values())
+
+
+def test_nonfinite_loss_can_stop_the_run_with_a_message():
+    from lit_dft.errors import LitDFTError
+
+    module = _NaNOnSecondBatch("stop")
+    module.configure_model()
+    with pytest.raises(LitDFTError, match="Non-finite loss at step 1"):
+        _fit(module, loader(uneven_rows(), 2), max_steps=3)

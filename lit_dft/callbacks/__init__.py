@@ -1,8 +1,9 @@
-"""Callbacks for lit_dft runs: token-probability histograms, the probe set, predictions, export at the end of fit."""
+"""Callbacks for lit_dft runs: token-probability histograms, the probe set, throughput, predictions, export at the end of fit."""
 
 from lit_dft.callbacks.export import ExportOnFitEnd
 from lit_dft.callbacks.predictions import PredictionWriter
+from lit_dft.callbacks.throughput import TokenThroughput
 from lit_dft.callbacks.token_probs import ProbeTokenProbabilities, TokenProbabilityHistogram
 from lit_dft.callbacks.token_stats import TokenCategories
 
-__all__ = ["ExportOnFitEnd", "PredictionWriter", "ProbeTokenProbabilities", "TokenCategories", "TokenProbabilityHistogram"]
+__all__ = ["ExportOnFitEnd", "PredictionWriter", "ProbeTokenProbabilities", "TokenCategories", "TokenProbabilityHistogram", "TokenThroughput"]

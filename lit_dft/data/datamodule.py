@@ -10,12 +10,13 @@ import datasets
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lit_dft.data.collate import PadCollator, PromptCollator
 from lit_dft.data.formatting import BOXED_INSTRUCTION, PromptFormatter, PromptStyle, gsm8k_to_boxed
 from lit_dft.data.presets import Preset, read_row, required_columns, resolve_preset
-from lit_dft.data.sampler import LengthGroupedSampler
+from lit_dft.data.sampler import EpochShuffleSampler
 from lit_dft.data.sources import load_champ, load_hub, load_local
 from lit_dft.errors import LitDFTError
 from lit_dft.models import EMBEDDED_MODEL, load_tokenizer
@@ -231,8 +232,8 @@ class MathDataModule(LightningDataModule):
     def _summary(self) -> str:
         return ", ".join(f"{k}: {v}" for k, v in self.report.items() if k.startswith(("rows", "skipped", "dropped")))
 
-    def _loader(self, dataset: datasets.Dataset, batch_size: int, sampler=None) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: datasets.Dataset, batch_size: int, sampler=None, loader_class=DataLoader) -> DataLoader:
+        return loader_class(
             dataset.select_columns(_MODEL_COLUMNS),
             batch_size=batch_size,
             sampler=sampler,
@@ -240,13 +241,11 @@ class MathDataModule(LightningDataModule):
             collate_fn=PadCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        if self.group_by_length:
-            lengths = [len(ids) for ids in self.train_set["input_ids"]]
-            sampler = LengthGroupedSampler(lengths, self.batch_size, seed=self.seed)
-        else:
-            sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(self.seed))
-        return self._loader(self.train_set, self.batch_size, sampler)
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Stateful, so a checkpoint taken mid-epoch resumes at the next batch of the same order."""
+        lengths = [len(ids) for ids in self.train_set["input_ids"]] if self.group_by_length else None
+        sampler = EpochShuffleSampler(len(self.train_set), self.seed, lengths, self.batch_size)
+        return self._loader(self.train_set, self.batch_size, sampler, loader_class=StatefulDataLoader)
 
     def _benchmark_loaders(self) -> list[DataLoader]:
         return [

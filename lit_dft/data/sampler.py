@@ -1,4 +1,8 @@
-"""A length-grouped sampler: random order, but neighbours have similar lengths, so batches pad less."""
+"""The training order: a seeded shuffle that depends only on (seed, epoch), optionally grouped by length.
+
+Because the order is a function of the epoch (which Lightning sets through ``set_epoch``, also through
+its distributed wrapper), a run resumed mid-epoch replays exactly the order the interrupted run had.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +12,34 @@ import torch
 from torch.utils.data import Sampler
 
 
-class LengthGroupedSampler(Sampler[int]):
-    """Shuffles, cuts the order into mega-batches of ``batch_size * group_size`` rows, sorts each by length.
+class EpochShuffleSampler(Sampler[int]):
+    """Random order per epoch; with ``lengths``, neighbours have similar lengths so batches pad less.
 
-    Under DDP, Lightning wraps it in a ``DistributedSamplerWrapper`` that deals positions out round-robin,
-    so each rank still sees grouped lengths. The order changes every epoch and is fixed by ``seed``.
+    Grouping shuffles, cuts the order into mega-batches of ``batch_size * group_size`` rows and sorts each
+    by length. Under DDP, Lightning's ``DistributedSamplerWrapper`` deals positions out round-robin, so each
+    rank still sees grouped lengths.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_size: int = 50) -> None:
-        self.lengths = list(lengths)
-        self.mega_batch = max(1, batch_size * group_size)
+    def __init__(
+        self, size: int, seed: int = 0, lengths: Sequence[int] | None = None, batch_size: int = 1, group_size: int = 50
+    ) -> None:
+        self.size = size
         self.seed = seed
-        self.passes = 0  # Lightning's wrapper hides set_epoch, so each pass (epoch) counts itself
+        self.lengths = list(lengths) if lengths is not None else None
+        self.mega_batch = max(1, batch_size * group_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return self.size
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.passes)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        self.passes += 1
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is None:
+            yield from order
+            return
         for start in range(0, len(order), self.mega_batch):
-            chunk = order[start : start + self.mega_batch]
-            yield from sorted(chunk, key=lambda i: -self.lengths[i])
+            yield from sorted(order[start : start + self.mega_batch], key=lambda i: -self.lengths[i])

@@ -7,7 +7,7 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from lit_dft.data import MathDataModule, PadCollator, Preset
 from lit_dft.data.presets import read_row, resolve_preset
-from lit_dft.data.sampler import LengthGroupedSampler
+from lit_dft.data.sampler import EpochShuffleSampler
 from lit_dft.errors import LitDFTError
 from lit_dft.models import TINY_MODEL
 
@@ -153,7 +153,7 @@ def test_length_grouping_cuts_padding():
         batches = [order[i : i + 8] for i in range(0, len(order), 8)]
         return sum(max(lengths[j] for j in b) * len(b) - sum(lengths[j] for j in b) for b in batches)
 
-    grouped = list(LengthGroupedSampler(lengths, batch_size=8, seed=0))
+    grouped = list(EpochShuffleSampler(2000, seed=0, lengths=lengths, batch_size=8))
     shuffled = torch.randperm(2000, generator=torch.Generator().manual_seed(0)).tolist()
     assert sorted(grouped) == list(range(2000))
     assert padding(grouped) < 0.2 * padding(shuffled)

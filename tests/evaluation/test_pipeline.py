@@ -103,7 +103,7 @@ def test_benchmark_without_gold_answers_is_refused(tmp_path):
 def test_lit_dft_test_end_to_end_writes_accuracies_and_predictions(tmp_path):
     predictions = tmp_path / "predictions.jsonl"
     main(["test", "--config", "configs/eval.yaml", "--model.model_name_or_path=tiny", "--model.max_new_tokens=8",
-          "--data.eval_limit=2", f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+          "--data.eval_limit=2", f"--trainer.default_root_dir={tmp_path}",
           f"--trainer.callbacks.init_args.path={predictions}"])
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(records) == 2 * len(BENCHMARKS)
