@@ -32,7 +32,7 @@ def rss_mb() -> float:
 class PeakMemory:
     """Peak resident memory above the level at entry, sampled every millisecond by a thread."""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.baseline = self.peak = rss_mb()
         self._running = True
         self._thread = threading.Thread(target=self._sample, daemon=True)

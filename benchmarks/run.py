@@ -1,8 +1,10 @@
-"""Run every benchmark and write BENCHMARKS.md.
+"""Run the benchmarks and write BENCHMARKS.md.
 
     python -m benchmarks.run [--quick] [--only NAME ...]
 
-Needs the bench extra (pip install -e '.[bench]') for the TRL comparison and ../shared/data for GSM8K.
+Each benchmark's table is kept in benchmarks/results/NAME.md; BENCHMARKS.md is assembled from all of
+them, so ``--only`` reruns one and keeps the others. Needs the bench extra (pip install -e '.[bench]')
+for the TRL comparison and ../shared/data for GSM8K and MATH-500.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import datetime
 import importlib
 from pathlib import Path
 
-from benchmarks.common import machine
+from benchmarks.common import RESULTS, machine
 
 BENCHMARKS = {
     "step_time": "a. DFT vs SFT step time",
     "loss_memory": "b. Chunked vs naive loss (DFT objective, float32, forward + backward)",
     "trl_compare": "c. End to end against TRL's SFTTrainer(loss_type='dft')",
     "data_pipeline": "d. GSM8K data pipeline: tokenisation speed and padding",
+    "generation": "e. Evaluation: batched vs one-at-a-time generation, answer checks per second",
 }
 OUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
@@ -28,24 +31,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes: checks the benchmarks run, numbers mean little")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS))
     args = parser.parse_args()
-    sections = []
-    for name, title in BENCHMARKS.items():
-        if args.only and name not in args.only:
-            continue
+    RESULTS.mkdir(exist_ok=True)
+    for name in args.only or BENCHMARKS:
         table = importlib.import_module(f"benchmarks.{name}").main(args.quick)
-        print(f"\n{title}\n{table}", flush=True)
         command = f"python -m benchmarks.{name}" + (" --quick" if args.quick else "")
-        sections.append(f"## {title}\n\n`{command}`\n\n{table}\n")
-    if args.only:
-        return  # a partial run prints its tables but leaves BENCHMARKS.md to full runs
+        section = f"## {BENCHMARKS[name]}\n\n`{command}` ({machine()}; {datetime.date.today()})\n\n{table}\n"
+        print(f"\n{section}", flush=True)
+        (RESULTS / f"{name}.md").write_text(section)
+    sections = [(RESULTS / f"{name}.md").read_text() for name in BENCHMARKS if (RESULTS / f"{name}.md").exists()]
     header = (
         "# Benchmarks\n\n"
-        f"Command: `python -m benchmarks.run{' --quick' if args.quick else ''}` (raw results: `benchmarks/results/*.json`).\n"
-        f"Machine: {machine()}; {datetime.date.today()}.\n"
-        "Every ratio is measured side by side in one invocation (runs alternate; medians).\n\n"
+        "All of them: `python -m benchmarks.run` (one: `--only NAME`; raw results in `benchmarks/results/`).\n"
+        "Every ratio is measured side by side in one invocation (runs alternate; medians), on the machine named\n"
+        "in each section.\n\n"
     )
     OUT.write_text(header + "\n".join(sections))
-    print(f"\nWrote {OUT}")
+    print(f"Wrote {OUT}")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def run_trl(model_name: str, steps: int) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from lit_dft.export import plain_model
     from lit_dft.models import load_model, load_tokenizer
 
     clock = _Clock()
@@ -97,7 +98,9 @@ def run_trl(model_name: str, steps: int) -> dict:
         learning_rate=5e-5, adam_beta2=0.95, weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=math.ceil(0.1 * steps),
         loss_type="dft", save_strategy="no", report_to=[], use_cpu=True, logging_steps=steps, disable_tqdm=True,
     )
-    trainer = SFTTrainer(model=load_model(model_name), args=config, train_dataset=train, processing_class=tokenizer,
+    model = load_model(model_name)  # a GGUF-loaded model is flagged quantised, which TRL refuses to train:
+    model = plain_model(model.config.to_dict(), model.state_dict()).train()  # the same weights, unflagged
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
                          callbacks=[Timing()])
     collate = trainer.data_collator
 

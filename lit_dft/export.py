@@ -24,7 +24,7 @@ def ensure_writable_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _plain_model(config_dict: dict, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
+def plain_model(config_dict: dict, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
     """A plain model from a config and weights: also the way out for GGUF-loaded models,
     on which transformers refuses ``save_pretrained``."""
     config_dict = {k: v for k, v in config_dict.items() if k != "quantization_config"}
@@ -40,7 +40,7 @@ def _plain_model(config_dict: dict, state_dict: dict[str, torch.Tensor]) -> PreT
 def export_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
     """Write ``model`` and ``tokenizer`` so ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads them."""
     out = ensure_writable_dir(out_dir)
-    plain = _plain_model(model.config.to_dict(), model.state_dict())
+    plain = plain_model(model.config.to_dict(), model.state_dict())
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -60,7 +60,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
         raise LitDFTError(f"{ckpt_path} is not a lit-dft checkpoint (no model config inside)")
     prefix = "model."
     weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    plain = _plain_model(checkpoint["hf_config"], weights)
+    plain = plain_model(checkpoint["hf_config"], weights)
     plain.save_pretrained(out)
     hparams = checkpoint.get("hyper_parameters", {})
     load_tokenizer(hparams["model_name_or_path"], hparams.get("trust_remote_code", False)).save_pretrained(out)

@@ -15,7 +15,7 @@ or add it to :data:`OBJECTIVES` with :func:`register_objective` to select it by 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

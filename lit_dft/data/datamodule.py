@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import datasets
-import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader

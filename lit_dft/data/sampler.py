@@ -6,7 +6,7 @@ its distributed wrapper), a run resumed mid-epoch replays exactly the order the 
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler

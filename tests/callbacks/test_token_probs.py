@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_dft.callbacks import ProbeTokenProbabilities, TokenCategories, TokenProbabilityHistogram
+from lit_dft.callbacks import TokenCategories, TokenProbabilityHistogram
 from lit_dft.callbacks.token_stats import ProbabilityCounts, paper_bin_labels
 from lit_dft.cli import main
 from lit_dft.data import MathDataModule
