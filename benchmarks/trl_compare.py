@@ -1,7 +1,8 @@
 """lit_dft vs TRL's SFTTrainer(loss_type="dft") end to end: training tokens/s and peak RSS.
 
-Same model object, same GSM8K rows in the same chat format, same batch, length, optimiser (AdamW,
-lr 5e-5, betas (0.9, 0.95), weight decay 0.01, cosine with 10% warm-up) and steps. Each run is a
+Same model weights, same GSM8K rows in the same chat format, same batch, length, optimiser (AdamW,
+lr 5e-5, betas (0.9, 0.95), weight decay 0.01, cosine with 10% warm-up), steps and precision (float32,
+no gradient checkpointing: TRL's own defaults, bf16 autocast and checkpointing, are switched off). Each run is a
 fresh process (its own peak-RSS mark); the runs alternate and medians are reported. Tokens/s counts
 the non-padding tokens of the timed steps (all but the first).
 
@@ -97,6 +98,7 @@ def run_trl(model_name: str, steps: int) -> dict:
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_length=LENGTH, max_steps=steps,
         learning_rate=5e-5, adam_beta2=0.95, weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=math.ceil(0.1 * steps),
         loss_type="dft", save_strategy="no", report_to=[], use_cpu=True, logging_steps=steps, disable_tqdm=True,
+        bf16=False, gradient_checkpointing=False,  # TRL defaults to both; lit_dft's run is float32 without them
     )
     model = load_model(model_name)  # a GGUF-loaded model is flagged quantised, which TRL refuses to train:
     model = plain_model(model.config.to_dict(), model.state_dict()).train()  # the same weights, unflagged
