@@ -10,7 +10,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_dft.evaluation.answers import extract_answer
-from lit_dft.evaluation.checking import AnswerChecker
+from lit_dft.evaluation.checking import AnswerChecker, Verdict
 
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end|>", "<end_of_turn>")
 
@@ -65,9 +65,7 @@ def score(texts: list[str], batch: dict[str, Any], num_samples: int, checker: An
         for j in range(num_samples):
             text = texts[i * num_samples + j]
             answer = extract_answer(text) if text.strip() else None
-            verdict = checker.check(answer, batch["answers"][i])
-            if not text.strip():
-                verdict.reason = "empty generation"
+            verdict = checker.check(answer, batch["answers"][i]) if text.strip() else Verdict(False, "empty generation")
             correct[i, j] = verdict.correct
             records.append({
                 "benchmark": batch["benchmark"], "id": batch["ids"][i], "sample": j, "gold": batch["answers"][i],

@@ -272,7 +272,6 @@ class CausalLMModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the model's config so ``lit-dft export`` rebuilds it without the original weights."""
         checkpoint["hf_config"] = self.model.config.to_dict()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("eval_metrics.")}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another model shape with one sentence rather than a shape error."""

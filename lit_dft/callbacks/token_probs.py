@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lit_dft.callbacks.token_stats import ProbabilityCounts, StatsLogger, TokenCategories
 from lit_dft.data.collate import PadCollator
+from lit_dft.errors import LitDFTError
 
 
 class _CategorisedCounts(Callback):
@@ -105,7 +106,7 @@ class ProbeTokenProbabilities(_CategorisedCounts):
         if self._rows is None:
             dataset = getattr(trainer.datamodule, f"{self.source}_set", None)
             if dataset is None or len(dataset) == 0:
-                raise ValueError(f"ProbeTokenProbabilities: the DataModule has no {self.source} examples")
+                raise LitDFTError(f"ProbeTokenProbabilities: the DataModule has no {self.source} examples")
             generator = torch.Generator().manual_seed(self.seed)
             indices = torch.randperm(len(dataset), generator=generator)[: self.num_examples].tolist()
             self._rows = [{k: dataset[i][k] for k in ("input_ids", "prompt_length")} for i in sorted(indices)]
