@@ -4,4 +4,13 @@ from lit_dft.data import MathDataModule, Preset
 from lit_dft.module import CausalLMModule
 from lit_dft.objectives import DFT, OBJECTIVES, SFT, TokenObjective, register_objective
 
-__all__ = ["CausalLMModule", "DFT", "MathDataModule", "OBJECTIVES", "Preset", "SFT", "TokenObjective", "register_objective"]
+__all__ = [
+    "CausalLMModule",
+    "DFT",
+    "MathDataModule",
+    "OBJECTIVES",
+    "Preset",
+    "SFT",
+    "TokenObjective",
+    "register_objective",
+]

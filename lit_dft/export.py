@@ -33,7 +33,9 @@ def plain_model(config_dict: dict, state_dict: dict[str, torch.Tensor]) -> PreTr
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or [k for k in missing if k not in tied]:
-        raise LitDFTError(f"Checkpoint weights do not fit the model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise LitDFTError(
+            f"Checkpoint weights do not fit the model config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model
 
 

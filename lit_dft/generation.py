@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_dft.evaluation.answers import extract_answer
 from lit_dft.evaluation.checking import AnswerChecker, Verdict
+from lit_dft.strategies import is_sharded
 
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end|>", "<end_of_turn>")
 
@@ -36,7 +37,9 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 
 @torch.no_grad()
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, Any], sampling: Sampling) -> list[str]:
+def generate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, Any], sampling: Sampling
+) -> list[str]:
     """``num_samples`` completions per prompt (problem-major order), decoded without special tokens."""
     prompts: Tensor = batch["prompt_input_ids"]
     sample = sampling.temperature > 0
@@ -52,11 +55,14 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: 
         eos_token_id=stop_token_ids(model, tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         use_cache=True,
+        synced_gpus=is_sharded(model),  # sharded layers: every rank runs forwards until all ranks are done
     )
     return tokenizer.batch_decode(output[:, prompts.shape[1] :], skip_special_tokens=True)
 
 
-def score(texts: list[str], batch: dict[str, Any], num_samples: int, checker: AnswerChecker) -> tuple[Tensor, list[dict]]:
+def score(
+    texts: list[str], batch: dict[str, Any], num_samples: int, checker: AnswerChecker
+) -> tuple[Tensor, list[dict]]:
     """Correctness ``(problems, k)`` and one prediction record per sample."""
     problems = len(batch["ids"])
     correct = torch.zeros(problems, num_samples, dtype=torch.bool)
@@ -67,8 +73,16 @@ def score(texts: list[str], batch: dict[str, Any], num_samples: int, checker: An
             answer = extract_answer(text) if text.strip() else None
             verdict = checker.check(answer, batch["answers"][i]) if text.strip() else Verdict(False, "empty generation")
             correct[i, j] = verdict.correct
-            records.append({
-                "benchmark": batch["benchmark"], "id": batch["ids"][i], "sample": j, "gold": batch["answers"][i],
-                "generation": text, "extracted": answer, "correct": verdict.correct, "reason": verdict.reason,
-            })
+            records.append(
+                {
+                    "benchmark": batch["benchmark"],
+                    "id": batch["ids"][i],
+                    "sample": j,
+                    "gold": batch["answers"][i],
+                    "generation": text,
+                    "extracted": answer,
+                    "correct": verdict.correct,
+                    "reason": verdict.reason,
+                }
+            )
     return correct, records

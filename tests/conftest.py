@@ -11,12 +11,20 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
-def micro_llama(vocab_size: int = 64, dtype: torch.dtype = torch.float64, tied: bool = True, seed: int = 0) -> LlamaForCausalLM:
+def micro_llama(
+    vocab_size: int = 64, dtype: torch.dtype = torch.float64, tied: bool = True, seed: int = 0
+) -> LlamaForCausalLM:
     """A very small Llama for exact-arithmetic tests (float64 by default)."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, tie_word_embeddings=tied,
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        tie_word_embeddings=tied,
     )
     return LlamaForCausalLM(config).to(dtype).train()
 
@@ -41,8 +49,7 @@ def smoke_run_dir(loss: str, tmp_path_factory) -> Path:
 
     if loss not in _SMOKE_RUNS:
         run = tmp_path_factory.mktemp(loss)
-        main(["fit", "--config", SMOKE, f"--model.loss={loss}",
-              f"--trainer.default_root_dir={run}"])
+        main(["fit", "--config", SMOKE, f"--model.loss={loss}", f"--trainer.default_root_dir={run}"])
         _SMOKE_RUNS[loss] = run
     return _SMOKE_RUNS[loss]
 

@@ -30,7 +30,9 @@ def uneven_rows(n: int = 8, vocab: int = 64, seed: int = 1) -> list[dict]:
     rows = []
     for i in range(n):
         length = 6 + (i * 5) % 17
-        rows.append({"input_ids": torch.randint(3, vocab, (length,), generator=g).tolist(), "prompt_length": 1 + (i * 3) % 5})
+        rows.append(
+            {"input_ids": torch.randint(3, vocab, (length,), generator=g).tolist(), "prompt_length": 1 + (i * 3) % 5}
+        )
     return rows
 
 

@@ -42,7 +42,9 @@ def test_saved_config_reruns_as_is(smoke_run, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lit_dft", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lit_dft", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,9 @@ def test_checkpoint_export_round_trip_reproduces_the_logits(smoke_run, tmp_path,
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     reference.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     torch.testing.assert_close(_logits(exported), _logits(reference), rtol=0, atol=0)
-    assert not torch.allclose(_logits(load_model(TINY_MODEL)), _logits(reference)), "trained weights differ from a fresh init"
+    assert not torch.allclose(_logits(load_model(TINY_MODEL)), _logits(reference)), (
+        "trained weights differ from a fresh init"
+    )
     assert (tmp_path / "hf" / "tokenizer_config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
 
 

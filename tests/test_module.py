@@ -8,8 +8,13 @@ from tests.helpers import MicroModule, loader, uneven_rows
 def _fit(module, data, **trainer_kwargs):
     trainer_kwargs.setdefault("max_steps", 1)
     trainer = L.Trainer(
-        accelerator="cpu", precision="64-true", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs,
+        accelerator="cpu",
+        precision="64-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kwargs,
     )
     before = {n: p.detach().clone() for n, p in module.named_parameters()} if module.model is not None else None
     trainer.fit(module, data)
@@ -19,7 +24,9 @@ def _fit(module, data, **trainer_kwargs):
 def _step_delta(batch_size, accumulate, loss="dft", chunk=0, **trainer_kwargs):
     module = MicroModule(loss=loss, loss_chunk_size=chunk)
     module.configure_model()
-    before, after = _fit(module, loader(uneven_rows(), batch_size), accumulate_grad_batches=accumulate, **trainer_kwargs)
+    before, after = _fit(
+        module, loader(uneven_rows(), batch_size), accumulate_grad_batches=accumulate, **trainer_kwargs
+    )
     return {n: after[n] - before[n] for n in before}
 
 

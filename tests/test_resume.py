@@ -25,9 +25,15 @@ class Recorder(L.Callback):
 def _fit(root, recorder, ckpt_path=None):
     L.seed_everything(42)
     module = CausalLMModule(TINY_MODEL, loss="dft", learning_rate=3e-3)
-    data = MathDataModule(tokenizer_name_or_path=TINY_MODEL, limit=40, val_split=8, max_length=256, group_by_length=True)
+    data = MathDataModule(
+        tokenizer_name_or_path=TINY_MODEL, limit=40, val_split=8, max_length=256, group_by_length=True
+    )
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=STEPS, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_steps=STEPS,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         callbacks=[ModelCheckpoint(dirpath=root, every_n_train_steps=STOP_AT, save_top_k=-1), recorder],
         limit_val_batches=0,
     )

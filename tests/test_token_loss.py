@@ -10,7 +10,7 @@ OBJECTIVE_CASES = [build_objective(name) for name in sorted(OBJECTIVES)] + [DFT(
 def _problem(n=37, h=24, v=101, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, h, generator=g, dtype=dtype)
-    weight = (torch.randn(v, h, generator=g, dtype=dtype) * 0.5)
+    weight = torch.randn(v, h, generator=g, dtype=dtype) * 0.5
     targets = torch.randint(0, v, (n,), generator=g)
     return hidden, weight, targets
 

@@ -6,4 +6,11 @@ from lit_dft.callbacks.throughput import TokenThroughput
 from lit_dft.callbacks.token_probs import ProbeTokenProbabilities, TokenProbabilityHistogram
 from lit_dft.callbacks.token_stats import TokenCategories
 
-__all__ = ["ExportOnFitEnd", "PredictionWriter", "ProbeTokenProbabilities", "TokenCategories", "TokenProbabilityHistogram", "TokenThroughput"]
+__all__ = [
+    "ExportOnFitEnd",
+    "PredictionWriter",
+    "ProbeTokenProbabilities",
+    "TokenCategories",
+    "TokenProbabilityHistogram",
+    "TokenThroughput",
+]

@@ -38,21 +38,32 @@ class TokenThroughput(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._step_at_batch_start = trainer.global_step
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._start is None:
             self._start = time.perf_counter()
             self._counts = torch.zeros(2, device=pl_module.device)
             return  # the first batch carries warm-up costs: start the clock after it
-        tokens = batch["attention_mask"].sum() if "attention_mask" in batch else torch.tensor(batch["input_ids"].numel())
-        targets = outputs["target_mask"].sum() if isinstance(outputs, dict) and "target_mask" in outputs else torch.tensor(0)
+        tokens = (
+            batch["attention_mask"].sum() if "attention_mask" in batch else torch.tensor(batch["input_ids"].numel())
+        )
+        targets = (
+            outputs["target_mask"].sum() if isinstance(outputs, dict) and "target_mask" in outputs else torch.tensor(0)
+        )
         self._counts += torch.stack([tokens, targets]).to(self._counts)
         step_done = trainer.global_step > self._step_at_batch_start
         if step_done and trainer.global_step % self.every_n_steps == 0:
             totals = trainer.strategy.reduce(self._counts, reduce_op="sum")
             seconds = time.perf_counter() - self._start
-            metrics = {"perf/tokens_per_s": float(totals[0]) / seconds, "perf/target_tokens_per_s": float(totals[1]) / seconds}
+            metrics = {
+                "perf/tokens_per_s": float(totals[0]) / seconds,
+                "perf/target_tokens_per_s": float(totals[1]) / seconds,
+            }
             if self._peak_flops:
-                metrics["perf/mfu"] = 6 * self._params * float(totals[0]) / seconds / (self._peak_flops * trainer.world_size)
+                metrics["perf/mfu"] = (
+                    6 * self._params * float(totals[0]) / seconds / (self._peak_flops * trainer.world_size)
+                )
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=trainer.global_step)

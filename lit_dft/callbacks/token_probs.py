@@ -6,6 +6,7 @@ training histograms cost no extra forward pass.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -58,7 +59,9 @@ class TokenProbabilityHistogram(_CategorisedCounts):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._window_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         logging_step = self._window_step % self.every_n_steps == 0
         if logging_step and isinstance(outputs, dict) and "target_log_probs" in outputs:
             self._count(pl_module, outputs["target_log_probs"], outputs["target_mask"], batch["labels"])
@@ -114,14 +117,19 @@ class ProbeTokenProbabilities(_CategorisedCounts):
 
     @torch.no_grad()
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        rows = self._probe_rows(trainer)[trainer.global_rank :: trainer.world_size]
+        probe = self._probe_rows(trainer)
+        rows = probe[trainer.global_rank :: trainer.world_size]
         collate = PadCollator(pl_module.tokenizer.pad_token_id)
         was_training = pl_module.training
         pl_module.eval()
-        for start in range(0, len(rows), self.batch_size):
-            batch = {k: v.to(pl_module.device) for k, v in collate(rows[start : start + self.batch_size]).items()}
+        # Every rank runs the same number of forwards (a sharded model needs all ranks in each one);
+        # a rank whose share has run out measures the first probe row and does not count it.
+        for start in range(0, math.ceil(len(probe) / trainer.world_size), self.batch_size):
+            share = rows[start : start + self.batch_size]
+            batch = {k: v.to(pl_module.device) for k, v in collate(share or probe[:1]).items()}
             out = pl_module.token_losses(batch)
-            self._count(pl_module, out["target_log_probs"], out["target_mask"], batch["labels"])
+            if share:
+                self._count(pl_module, out["target_log_probs"], out["target_mask"], batch["labels"])
         if self.stats is None:  # this rank had no rows: still join the all-reduce
             self.stats = ProbabilityCounts(self.categories.names, pl_module.device)
         pl_module.train(was_training)

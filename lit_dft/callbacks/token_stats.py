@@ -78,17 +78,22 @@ class ProbabilityCounts:
         log_probs = log_probs.detach().double()
         probs = log_probs.exp()
         offsets = torch.tensor([0, self.sizes[0], self.sizes[0] + self.sizes[1]], device=probs.device)
-        bins = torch.stack(
-            [
-                _bucket(probs, PROB_EDGES.double()),
-                _bucket(log_probs / math.log(10), LOG10_EDGES.double()),
-                _bucket(probs, self._paper_edges),
-            ]
-        ) + offsets[:, None]
+        bins = (
+            torch.stack(
+                [
+                    _bucket(probs, PROB_EDGES.double()),
+                    _bucket(log_probs / math.log(10), LOG10_EDGES.double()),
+                    _bucket(probs, self._paper_edges),
+                ]
+            )
+            + offsets[:, None]
+        )
         width = self.counts.shape[1]
         flat = (category[None, :] * width + bins).flatten()
         self.counts += torch.bincount(flat, minlength=self.counts.numel()).view_as(self.counts).to(self.counts)
-        self.counts[:, -1] += torch.zeros(len(self.categories), dtype=torch.float64, device=probs.device).index_add_(0, category, probs)
+        self.counts[:, -1] += torch.zeros(len(self.categories), dtype=torch.float64, device=probs.device).index_add_(
+            0, category, probs
+        )
 
     def reduced(self, trainer: Trainer) -> Tensor:
         """The counts summed over all ranks (a collective: call it on every rank)."""
@@ -129,7 +134,9 @@ class StatsLogger:
             scalars[f"{prefix}/{name}mean_prob"] = float(prob_sum) / total
             scalars[f"{prefix}/{name}tokens"] = total
             if name == "":
-                scalars.update({f"{prefix}/prob_bin/{label}": float(c) / total for label, c in zip(paper_bin_labels(), paper)})
+                scalars.update(
+                    {f"{prefix}/prob_bin/{label}": float(c) / total for label, c in zip(paper_bin_labels(), paper)}
+                )
             for tensorboard in tensorboards:
                 _add_histogram(tensorboard, f"{prefix}/{name}target_prob_hist", prob_hist, PROB_EDGES, step)
                 _add_histogram(tensorboard, f"{prefix}/{name}target_log10_prob_hist", log_hist, LOG10_EDGES, step)

@@ -60,7 +60,11 @@ def _encode_rows(
         if len(prompt) >= max_length:
             status = "dropped: prompt reaches max_length"
         elif len(prompt) + len(response) > max_length:
-            status = "truncated: response cut at max_length" if overlong == "truncate" else "dropped: response exceeds max_length"
+            status = (
+                "truncated: response cut at max_length"
+                if overlong == "truncate"
+                else "dropped: response exceeds max_length"
+            )
         out["input_ids"].append((prompt + response)[:max_length])
         out["prompt_length"].append(len(prompt))
         out["status"].append(status)
@@ -148,7 +152,9 @@ class MathDataModule(LightningDataModule):
             raise LitDFTError(
                 f"{source}: missing column(s) {', '.join(missing)}; the columns are: {', '.join(raw.column_names)}"
             )
-        rows = raw.map(read_row, fn_kwargs={"preset": self._preset}, remove_columns=raw.column_names, num_proc=self.num_proc)
+        rows = raw.map(
+            read_row, fn_kwargs={"preset": self._preset}, remove_columns=raw.column_names, num_proc=self.num_proc
+        )
         self.report["rows"] = self.report.get("rows", 0) + len(rows)
         for reason, count in Counter(rows["skip"]).items():
             if reason:
@@ -172,22 +178,32 @@ class MathDataModule(LightningDataModule):
             self.formatter = PromptFormatter(self.tokenizer, self.prompt_style, self.system_prompt, self.instruction)
         if stage in (None, "fit", "validate") and self.train_set is None:
             self._setup_training()
-        wants_benchmarks = stage in ("test", "predict") or (self.validate_benchmarks and stage in (None, "fit", "validate"))
+        wants_benchmarks = stage in ("test", "predict") or (
+            self.validate_benchmarks and stage in (None, "fit", "validate")
+        )
         if wants_benchmarks and self.eval_data is None:
             self._setup_benchmarks()
 
     def _setup_training(self) -> None:
         if self._preset.solution is None and not self._preset.messages:
-            raise LitDFTError(f"Preset {self.preset!r} has no reference solutions to train on; it is for evaluation only")
+            raise LitDFTError(
+                f"Preset {self.preset!r} has no reference solutions to train on; it is for evaluation only"
+            )
         source = self.path or str(self.preset)
         rows = self._normalise(self._raw(self.path), source)
         if self.limit is not None and self.limit < len(rows):
-            rows = rows.shuffle(seed=self.seed).select(range(self.limit)) if self.limit_random else rows.select(range(self.limit))
+            rows = (
+                rows.shuffle(seed=self.seed).select(range(self.limit))
+                if self.limit_random
+                else rows.select(range(self.limit))
+            )
         if self.val_path is not None:
             train_rows, val_rows = rows, self._normalise(load_local(self.val_path), self.val_path)
         elif self.val_split:
             if not (0 < self.val_split < 1 or 1 <= self.val_split < len(rows)):
-                raise LitDFTError(f"val_split={self.val_split} must be a fraction in (0, 1) or a count below the {len(rows)} rows")
+                raise LitDFTError(
+                    f"val_split={self.val_split} must be a fraction in (0, 1) or a count below the {len(rows)} rows"
+                )
             split = rows.train_test_split(test_size=self.val_split, seed=self.seed)
             train_rows, val_rows = split["train"], split["test"]
         else:
@@ -212,21 +228,29 @@ class MathDataModule(LightningDataModule):
             raw = self._raw(spec.path, preset, label)
             columns = [c for c in (preset.messages or preset.question, preset.answer) if c not in raw.column_names]
             if columns:
-                raise LitDFTError(f"{label}: missing column(s) {', '.join(columns)}; the columns are: {', '.join(raw.column_names)}")
+                raise LitDFTError(
+                    f"{label}: missing column(s) {', '.join(columns)}; the columns are: {', '.join(raw.column_names)}"
+                )
             limits = [n for n in (spec.limit, self.eval_limit) if n is not None]
             if limits and min(limits) < len(raw):
                 raw = raw.select(range(min(limits)))
             rows = [_eval_row(row, i, preset) for i, row in enumerate(raw)]
             usable = [row for row in rows if row["question"] and row["answers"]]
             texts = [self.formatter.prompt(r["question"]) for r in usable]
-            prompts = self.tokenizer(texts, add_special_tokens=self.formatter.style == "plain")["input_ids"] if texts else []
+            prompts = (
+                self.tokenizer(texts, add_special_tokens=self.formatter.style == "plain")["input_ids"] if texts else []
+            )
             problems = [{**row, "prompt_ids": ids} for row, ids in zip(usable, prompts) if len(ids) < self.max_length]
             if not problems:
-                raise LitDFTError(f"Benchmark {label!r}: none of its {len(rows)} problems has a question, a gold answer "
-                                  f"and a prompt shorter than max_length={self.max_length}")
+                raise LitDFTError(
+                    f"Benchmark {label!r}: none of its {len(rows)} problems has a question, a gold answer "
+                    f"and a prompt shorter than max_length={self.max_length}"
+                )
             self.eval_data[label] = problems
-            rank_zero_info(f"{label}: {len(rows)} problems, {len(rows) - len(usable)} without question or gold answer, "
-                           f"{len(usable) - len(problems)} prompts over max_length, {len(problems)} evaluated")
+            rank_zero_info(
+                f"{label}: {len(rows)} problems, {len(rows) - len(usable)} without question or gold answer, "
+                f"{len(usable) - len(problems)} prompts over max_length, {len(problems)} evaluated"
+            )
 
     def _summary(self) -> str:
         return ", ".join(f"{k}: {v}" for k, v in self.report.items() if k.startswith(("rows", "skipped", "dropped")))
@@ -248,13 +272,19 @@ class MathDataModule(LightningDataModule):
 
     def _benchmark_loaders(self) -> list[DataLoader]:
         return [
-            DataLoader(problems, batch_size=self.eval_batch_size or self.batch_size, num_workers=self.num_workers,
-                       collate_fn=PromptCollator(self.tokenizer.pad_token_id, label))
+            DataLoader(
+                problems,
+                batch_size=self.eval_batch_size or self.batch_size,
+                num_workers=self.num_workers,
+                collate_fn=PromptCollator(self.tokenizer.pad_token_id, label),
+            )
             for label, problems in self.eval_data.items()
         ]
 
     def val_dataloader(self) -> list[DataLoader]:
-        loaders = [self._loader(self.val_set, self.eval_batch_size or self.batch_size)] if self.val_set is not None else []
+        loaders = (
+            [self._loader(self.val_set, self.eval_batch_size or self.batch_size)] if self.val_set is not None else []
+        )
         return loaders + (self._benchmark_loaders() if self.validate_benchmarks else [])
 
     def test_dataloader(self) -> list[DataLoader]:

@@ -54,9 +54,17 @@ def _answer_is(text: str) -> str | None:
 PRESETS: dict[str, Preset] = {
     "numina": Preset(question="problem", answer="solution", answer_format="boxed", hub_id="AI-MO/NuminaMath-CoT"),
     "gsm8k": Preset(solution="answer", answer_format="gsm8k", hub_id="openai/gsm8k", hub_config="main"),
-    "math": Preset(question="problem", answer="solution", answer_format="boxed", hub_id="DigitalLearningGmbH/MATH-lighteval"),
+    "math": Preset(
+        question="problem", answer="solution", answer_format="boxed", hub_id="DigitalLearningGmbH/MATH-lighteval"
+    ),
     "math500": Preset(question="problem", hub_id="HuggingFaceH4/MATH-500", split="test"),
-    "metamath": Preset(question="query", solution="response", answer="response", answer_format="answer_is", hub_id="meta-math/MetaMathQA"),
+    "metamath": Preset(
+        question="query",
+        solution="response",
+        answer="response",
+        answer_format="answer_is",
+        hub_id="meta-math/MetaMathQA",
+    ),
     "minerva_math": Preset(question="problem", answer="solution", answer_format="boxed", split="test"),
     "olympiadbench": Preset(answer="final_answer", answer_format="list", split="test"),
     "aime24": Preset(question="problem", hub_id="HuggingFaceH4/aime_2024"),

@@ -17,7 +17,9 @@ _SPACES = re.compile(r"\s+")
 
 
 def _normalise(answer: str) -> str:
-    answer = _SPACES.sub("", answer).rstrip(".").replace("\\dfrac", "\\frac").replace("\\left", "").replace("\\right", "")
+    answer = (
+        _SPACES.sub("", answer).rstrip(".").replace("\\dfrac", "\\frac").replace("\\left", "").replace("\\right", "")
+    )
     return answer.removeprefix("$").removesuffix("$")
 
 

@@ -76,9 +76,17 @@ def test_token_categories_partition_the_vocabulary_and_rules_are_configurable():
     table = TokenCategories().table(tokenizer)
     names = TokenCategories().names
     assert len(table) == len(tokenizer) and int(table.max()) < len(names)
+
     def category(text):
         return names[int(table[tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))[0]])]
-    assert [category(t) for t in ("7", " the", " triangle", ",", "\\frac")] == ["number", "function_word", "word", "punctuation", "math"]
+
+    assert [category(t) for t in ("7", " the", " triangle", ",", "\\frac")] == [
+        "number",
+        "function_word",
+        "word",
+        "punctuation",
+        "math",
+    ]
     custom = TokenCategories(rules={"digit": r"^\d$"})
     assert custom.names == ["digit", "other"]
     assert custom.table(tokenizer)[tokenizer.convert_tokens_to_ids("7")] == 0
@@ -87,8 +95,14 @@ def test_token_categories_partition_the_vocabulary_and_rules_are_configurable():
 def _histogram_run(tmp_path, **trainer_kwargs):
     module = MicroModule()
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=1, precision="64-true", enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, logger=TensorBoardLogger(tmp_path, name=""), callbacks=[TokenProbabilityHistogram(every_n_steps=1)],
+        accelerator="cpu",
+        max_steps=1,
+        precision="64-true",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=TensorBoardLogger(tmp_path, name=""),
+        callbacks=[TokenProbabilityHistogram(every_n_steps=1)],
         **trainer_kwargs,
     )
     trainer.fit(module, loader(uneven_rows(), 8 // trainer_kwargs.get("devices", 1)))  # one global batch of 8
@@ -107,8 +121,14 @@ def test_two_process_ddp_logs_the_same_counts_as_one_process(tmp_path):
 def test_without_tensorboard_it_warns_once_and_logs_fractions_as_scalars(tmp_path):
     module = MicroModule()
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=3, precision="64-true", enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, logger=CSVLogger(tmp_path, name=""), callbacks=[TokenProbabilityHistogram(every_n_steps=1)],
+        accelerator="cpu",
+        max_steps=3,
+        precision="64-true",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=CSVLogger(tmp_path, name=""),
+        callbacks=[TokenProbabilityHistogram(every_n_steps=1)],
     )
     with pytest.warns(UserWarning, match="need a TensorBoardLogger") as record:
         trainer.fit(module, loader(uneven_rows(), 2))

@@ -57,7 +57,9 @@ def test_every_shared_data_set_loads_with_its_preset(shared_data, preset):
 
 
 def test_plain_prompt_style_for_base_models(shared_data):
-    dm = _module(preset="gsm8k", path=str(shared_data / "gsm8k/train.jsonl"), limit=3, prompt_style="plain", boxed_answers=True)
+    dm = _module(
+        preset="gsm8k", path=str(shared_data / "gsm8k/train.jsonl"), limit=3, prompt_style="plain", boxed_answers=True
+    )
     dm.setup("fit")
     row = _source_rows(shared_data / "gsm8k/train.jsonl", "gsm8k", 1)[0]
     prompt, response, _ = next(_decode_examples(dm, 1))
@@ -138,10 +140,14 @@ def test_validation_split_is_seeded_and_limit_random_samples(shared_data):
 
 @pytest.mark.parametrize("group_by_length", [False, True])
 def test_ddp_shards_are_disjoint_and_equal(shared_data, group_by_length):
-    dm = _module(preset="gsm8k", path=str(shared_data / "gsm8k/train.jsonl"), limit=101, group_by_length=group_by_length)
+    dm = _module(
+        preset="gsm8k", path=str(shared_data / "gsm8k/train.jsonl"), limit=101, group_by_length=group_by_length
+    )
     dm.setup("fit")
     sampler = dm.train_dataloader().sampler  # each rank holds its own copy, as in separate processes
-    shards = [list(DistributedSamplerWrapper(copy.deepcopy(sampler), num_replicas=2, rank=r, shuffle=False)) for r in range(2)]
+    shards = [
+        list(DistributedSamplerWrapper(copy.deepcopy(sampler), num_replicas=2, rank=r, shuffle=False)) for r in range(2)
+    ]
     assert len(shards[0]) == len(shards[1]) == 51
     assert len(set(shards[0]) | set(shards[1])) == 101  # all rows covered; one repeated to even out
 
@@ -169,8 +175,12 @@ def test_missing_column_is_named_with_the_existing_ones(shared_data):
 
 def test_unusable_rows_are_skipped_and_counted(tmp_path):
     data = tmp_path / "d.jsonl"
-    rows = [{"question": "", "solution": "s"}, {"question": 5, "solution": "s"}, {"question": "q", "solution": None},
-            {"question": "q", "solution": "s"}]
+    rows = [
+        {"question": "", "solution": "s"},
+        {"question": 5, "solution": "s"},
+        {"question": "q", "solution": None},
+        {"question": "q", "solution": "s"},
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     dm = _module(preset=Preset(answer=None), path=str(data))
     dm.setup("fit")

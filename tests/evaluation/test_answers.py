@@ -55,7 +55,8 @@ def test_equivalences_that_must_hold(checker, prediction, gold):
 
 
 @pytest.mark.parametrize(
-    "prediction, gold", [("0.51", "\\frac12"), ("28", "27.0"), ("(3,\\pi)", "(3,\\pi/2)"), ("x^2-1", "x^2+1"), ("-5", "5")]
+    "prediction, gold",
+    [("0.51", "\\frac12"), ("28", "27.0"), ("(3,\\pi)", "(3,\\pi/2)"), ("x^2-1", "x^2+1"), ("-5", "5")],
 )
 def test_equivalences_that_must_not_hold(checker, prediction, gold):
     verdict = checker.check(prediction, [gold])

@@ -16,8 +16,12 @@ from lit_dft.module import CausalLMModule
 from tests.conftest import SHARED_DATA, smoke_run_dir
 
 BENCHMARKS = {
-    "math500": "math500/test.jsonl", "minerva_math": "minerva_math/test.jsonl", "olympiadbench": "olympiadbench/test.jsonl",
-    "aime24": "aime24/test.jsonl", "amc23": "amc23/test.jsonl", "gsm8k": "gsm8k/test.jsonl",
+    "math500": "math500/test.jsonl",
+    "minerva_math": "minerva_math/test.jsonl",
+    "olympiadbench": "olympiadbench/test.jsonl",
+    "aime24": "aime24/test.jsonl",
+    "amc23": "amc23/test.jsonl",
+    "gsm8k": "gsm8k/test.jsonl",
 }
 
 
@@ -35,15 +39,21 @@ def _run_with_stand_in(monkeypatch, emit) -> dict[str, dict]:
     for name, path in BENCHMARKS.items():
         for i, line in zip(range(4), open(SHARED_DATA / path)):
             sources[name][i] = json.loads(line)
-    data = MathDataModule(tokenizer_name_or_path=TINY_MODEL, eval_sets=[EvalSet(n, str(SHARED_DATA / p), limit=4) for n, p in BENCHMARKS.items()])
+    data = MathDataModule(
+        tokenizer_name_or_path=TINY_MODEL,
+        eval_sets=[EvalSet(n, str(SHARED_DATA / p), limit=4) for n, p in BENCHMARKS.items()],
+    )
     data.setup("test")
     module = CausalLMModule(TINY_MODEL)
 
     def fake_generate(model, tokenizer, batch, sampling):
         texts = []
         for i, problem_id in enumerate(batch["ids"]):
-            source = next(r for j, r in sources[batch["benchmark"]].items()
-                          if str(next((r[c] for c in ("id", "unique_id", "idx") if r.get(c) is not None), j)) == problem_id)
+            source = next(
+                r
+                for j, r in sources[batch["benchmark"]].items()
+                if str(next((r[c] for c in ("id", "unique_id", "idx") if r.get(c) is not None), j)) == problem_id
+            )
             texts.append(emit(batch["benchmark"], {**source, "gold": batch["answers"][i]}))
         return texts
 
@@ -95,16 +105,27 @@ def test_benchmark_without_gold_answers_is_refused(tmp_path):
     dm = MathDataModule(tokenizer_name_or_path=TINY_MODEL, eval_sets=[EvalSet("amc23", str(data))])
     with pytest.raises(LitDFTError, match="none of its 1 problems has a question, a gold answer"):
         dm.setup("test")
-    dm = MathDataModule(tokenizer_name_or_path=TINY_MODEL, eval_sets=[EvalSet({"question": "question", "answer": None}, str(data))])
+    dm = MathDataModule(
+        tokenizer_name_or_path=TINY_MODEL, eval_sets=[EvalSet({"question": "question", "answer": None}, str(data))]
+    )
     with pytest.raises(LitDFTError, match="has no gold answers"):
         dm.setup("test")
 
 
 def test_lit_dft_test_end_to_end_writes_accuracies_and_predictions(tmp_path):
     predictions = tmp_path / "predictions.jsonl"
-    main(["test", "--config", "configs/eval.yaml", "--model.model_name_or_path=tiny", "--model.max_new_tokens=8",
-          "--data.eval_limit=2", f"--trainer.default_root_dir={tmp_path}",
-          f"--trainer.callbacks.init_args.path={predictions}"])
+    main(
+        [
+            "test",
+            "--config",
+            "configs/eval.yaml",
+            "--model.model_name_or_path=tiny",
+            "--model.max_new_tokens=8",
+            "--data.eval_limit=2",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.callbacks.init_args.path={predictions}",
+        ]
+    )
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(records) == 2 * len(BENCHMARKS)
     assert {r["benchmark"] for r in records} == set(BENCHMARKS)

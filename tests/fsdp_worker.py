@@ -1,0 +1,59 @@
+"""One FSDP2 training step of the micro model on 2 CPU processes; run by ``test_fsdp.py`` as ``python -m tests.fsdp_worker OUT``.
+
+Lightning's launcher starts the second process by running this command again. Rank 0 writes the
+full weights before and after the step, and a full checkpoint, under OUT.
+"""
+
+import sys
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from lit_dft.strategies import FSDP2Strategy
+from tests.helpers import MicroModule, loader, uneven_rows
+
+
+class _Recorder(L.Callback):
+    """Gathers the full weights before the first step and after the last one."""
+
+    def __init__(self) -> None:
+        self.weights = {}
+
+    def _gather(self, name: str, pl_module: L.LightningModule) -> None:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        self.weights[name] = get_model_state_dict(pl_module, options=options)  # a collective: every rank calls it
+
+    def on_train_start(self, trainer, pl_module):
+        self._gather("before", pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self._gather("after", pl_module)
+
+
+def main(out: Path) -> None:
+    module = MicroModule(loss="dft", loss_chunk_size=7)
+    module.configure_model()
+    module.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    recorder = _Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=FSDP2Strategy(),
+        max_steps=1,
+        accumulate_grad_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+    )
+    trainer.fit(module, loader(uneven_rows(), batch_size=2))
+    trainer.save_checkpoint(out / "fsdp.ckpt")
+    if trainer.global_rank == 0:
+        torch.save(recorder.weights, out / "weights.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

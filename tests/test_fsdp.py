@@ -1,0 +1,56 @@
+"""FSDP2 on CPU (gloo): 2 sharded processes take the same step as 1 process, and save a full checkpoint."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch.distributed.fsdp import FSDPModule
+
+from lit_dft.strategies import decoder_layer_classes, shard_decoder, top_level_models
+from tests.conftest import micro_llama
+from tests.helpers import MicroModule
+from tests.test_module import _step_delta
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.fsdp_worker", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    weights = torch.load(tmp_path / "weights.pt", weights_only=True)
+    two = {n: weights["after"][n] - weights["before"][n] for n in weights["before"]}
+    one = _step_delta(batch_size=8, accumulate=1)  # the same 8 rows in one process, no sharding, full logits
+    assert set(one) <= set(two)  # the full state dict also names the tied head
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-8, msg=name)
+
+    checkpoint = torch.load(tmp_path / "fsdp.ckpt", weights_only=True)  # one full file, readable by `lit-dft export`
+    for name, value in weights["after"].items():
+        torch.testing.assert_close(checkpoint["state_dict"][name], value, rtol=0, atol=0, msg=name)
+    assert checkpoint["hf_config"]["num_hidden_layers"] == 2
+
+
+def test_decoder_layers_come_from_the_model():
+    module = MicroModule()
+    module.configure_model()
+    (model,) = top_level_models(module)
+    assert model is module.model
+    assert [cls.__name__ for cls in decoder_layer_classes(model)] == ["LlamaDecoderLayer"]
+
+
+def test_shard_decoder_makes_each_layer_a_unit(monkeypatch):
+    units = []
+    monkeypatch.setattr("lit_dft.strategies.fully_shard", lambda module, **kwargs: units.append(type(module).__name__))
+    shard_decoder(micro_llama(), mesh=None, policy=None, reshard_after_forward=True)
+    assert units == ["LlamaDecoderLayer", "LlamaDecoderLayer", "LlamaForCausalLM"]
+    assert not isinstance(micro_llama(), FSDPModule)
