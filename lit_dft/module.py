@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import DeepSpeedStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
@@ -25,6 +26,15 @@ _PAPER_DFT = DFT()
 # Sums kept per optimiser step: objective, SFT (nll), DFT, target probability, target tokens.
 _WINDOW_FIELDS = ("loss", "nll", "dft", "target_prob", "target_tokens")
 _NO_POSITIONS = torch.empty(0, dtype=torch.long)  # logits_to_keep: project no position to the vocabulary
+
+
+def check_strategy(strategy: Strategy) -> None:
+    """Refuse strategies whose optimiser step bypasses the global-batch rescale in ``on_before_optimizer_step``."""
+    if isinstance(strategy, DeepSpeedStrategy):
+        raise LitDFTError(
+            "DeepSpeed is not supported: its engine owns the gradients and the step, so lit_dft cannot normalise "
+            "the loss over the global batch's target tokens. Use strategy fsdp2 (ZeRO-3 sharding) or ddp."
+        )
 
 
 class CausalLMModule(LightningModule):
@@ -97,6 +107,9 @@ class CausalLMModule(LightningModule):
         self._window: Tensor | None = None  # float32 sums over the accumulation window, see _WINDOW_FIELDS
         self.skipped_steps = 0
         self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in _WINDOW_FIELDS[:4]})
+
+    def setup(self, stage: str) -> None:
+        check_strategy(self.trainer.strategy)
 
     def configure_model(self) -> None:
         """Load tokenizer and model once (Lightning calls this on the target device/strategy)."""

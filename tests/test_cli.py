@@ -69,3 +69,19 @@ def test_misspelled_key_is_rejected_by_the_parser():
 def test_help_documents_every_data_option():
     result = _cli("fit", "--help")
     assert "Maximum tokens per example" in result.stdout and "Batch examples of similar length" in result.stdout
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_recipe_prints_with_print_config(config, capsys):
+    """jsonargparse resolves every key and class path of each recipe (models are not downloaded)."""
+    subcommand = "test" if config.stem == "eval" else "fit"
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    source = yaml.safe_load(config.read_text())
+    assert printed["model"]["model_name_or_path"] == source["model"]["model_name_or_path"]
+    strategy = source.get("trainer", {}).get("strategy")
+    if isinstance(strategy, dict):
+        assert printed["trainer"]["strategy"]["class_path"] == strategy["class_path"]
+        assert printed["trainer"]["strategy"]["init_args"]["param_dtype"] == strategy["init_args"]["param_dtype"]

@@ -134,3 +134,15 @@ def test_nonfinite_loss_can_stop_the_run_with_a_message():
     module.configure_model()
     with pytest.raises(LitDFTError, match="Non-finite loss at step 1"):
         _fit(module, loader(uneven_rows(), 2), max_steps=3)
+
+
+def test_deepspeed_is_refused_with_a_reason():
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+    from lit_dft.errors import LitDFTError
+    from lit_dft.module import check_strategy
+
+    check_strategy(DDPStrategy())
+    deepspeed = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # no deepspeed package needed to check the type
+    with pytest.raises(LitDFTError, match="DeepSpeed is not supported.*fsdp2"):
+        check_strategy(deepspeed)

@@ -1,3 +1,8 @@
+import os
+import signal
+import subprocess
+import sys
+
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -5,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lit_dft.data import MathDataModule
 from lit_dft.models import TINY_MODEL
 from lit_dft.module import CausalLMModule
+from tests.conftest import ROOT
 
 STEPS, STOP_AT = 6, 3  # 32 training rows / batch 4 = 8 batches per epoch: step 3 is mid-epoch
 
@@ -53,3 +59,29 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
         assert loss == straight.losses[step], f"step {step}: same batch, same weights, same loss"
     for (name, a), (_, b) in zip(reference.named_parameters(), resumed.named_parameters()):
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+
+
+def test_crash_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path):
+    """SIGKILL half-way through writing the step-4 checkpoint: the step-2 one survives, loads and resumes."""
+
+    def worker(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "tests.crash_worker", str(tmp_path), *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    crashed = worker()
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    (survivor,) = tmp_path.glob("*.ckpt")  # no partial step-4 file beside it
+    assert survivor.name == "epoch=0-step=2.ckpt"
+    checkpoint = torch.load(survivor, weights_only=True)
+    assert checkpoint["global_step"] == 2
+
+    resumed = worker("--resume", str(survivor))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "global_step=6" in resumed.stdout
+    assert torch.load(tmp_path / "epoch=0-step=6.ckpt", weights_only=True)["global_step"] == 6
