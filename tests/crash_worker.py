@@ -9,10 +9,9 @@ import signal
 import sys
 
 import fsspec.implementations.local as local_fs
-import lightning.pytorch as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tests.helpers import MicroModule, loader, uneven_rows
+from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
 
 MAX_STEPS = 6
 
@@ -38,14 +37,9 @@ def main(directory: str, resume: str | None) -> None:
         _die_in_second_write()
     module = MicroModule()
     module.configure_model()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        precision="64-true",
-        max_steps=MAX_STEPS,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[ModelCheckpoint(dirpath=directory, every_n_train_steps=2)],
+    checkpoints = ModelCheckpoint(dirpath=directory, every_n_train_steps=2)
+    trainer = quiet_trainer(
+        precision="64-true", max_steps=MAX_STEPS, logger=False, enable_checkpointing=True, callbacks=[checkpoints]
     )
     trainer.fit(module, loader(uneven_rows(16), batch_size=2), ckpt_path=resume)
     print(f"global_step={trainer.global_step}")

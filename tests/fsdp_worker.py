@@ -12,7 +12,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lit_dft.strategies import FSDP2Strategy
-from tests.helpers import MicroModule, loader, uneven_rows
+from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
 
 
 class _Recorder(L.Callback):
@@ -37,17 +37,8 @@ def main(out: Path) -> None:
     module.configure_model()
     module.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     recorder = _Recorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=FSDP2Strategy(),
-        max_steps=1,
-        accumulate_grad_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
+    trainer = quiet_trainer(
+        devices=2, strategy=FSDP2Strategy(), max_steps=1, accumulate_grad_batches=2, logger=False, callbacks=[recorder]
     )
     trainer.fit(module, loader(uneven_rows(), batch_size=2))
     trainer.save_checkpoint(out / "fsdp.ckpt")

@@ -1,5 +1,6 @@
 """Test doubles shared by several test files (importable by spawned DDP workers)."""
 
+import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader
 
@@ -38,3 +39,14 @@ def uneven_rows(n: int = 8, vocab: int = 64, seed: int = 1) -> list[dict]:
 
 def loader(rows: list[dict], batch_size: int) -> DataLoader:
     return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=PadCollator(pad_token_id=0))
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A CPU Trainer without checkpoints, progress bar or summary unless ``kwargs`` say otherwise."""
+    defaults = {
+        "accelerator": "cpu",
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**defaults, **kwargs})

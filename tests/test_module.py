@@ -1,21 +1,12 @@
-import lightning.pytorch as L
 import pytest
 import torch
 
-from tests.helpers import MicroModule, loader, uneven_rows
+from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
 
 
 def _fit(module, data, **trainer_kwargs):
     trainer_kwargs.setdefault("max_steps", 1)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        precision="64-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **trainer_kwargs,
-    )
+    trainer = quiet_trainer(precision="64-true", logger=False, **trainer_kwargs)
     before = {n: p.detach().clone() for n, p in module.named_parameters()} if module.model is not None else None
     trainer.fit(module, data)
     return before, {n: p.detach().clone() for n, p in module.named_parameters()}

@@ -1,6 +1,5 @@
 import csv
 
-import lightning.pytorch as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -12,7 +11,7 @@ from lit_dft.cli import main
 from lit_dft.data import MathDataModule
 from lit_dft.models import TINY_MODEL, load_tokenizer
 from tests.conftest import smoke_run_dir
-from tests.helpers import MicroModule, loader, uneven_rows
+from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
 
 
 def _events(run):
@@ -94,13 +93,9 @@ def test_token_categories_partition_the_vocabulary_and_rules_are_configurable():
 
 def _histogram_run(tmp_path, **trainer_kwargs):
     module = MicroModule()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=1,
         precision="64-true",
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         logger=TensorBoardLogger(tmp_path, name=""),
         callbacks=[TokenProbabilityHistogram(every_n_steps=1)],
         **trainer_kwargs,
@@ -120,13 +115,9 @@ def test_two_process_ddp_logs_the_same_counts_as_one_process(tmp_path):
 
 def test_without_tensorboard_it_warns_once_and_logs_fractions_as_scalars(tmp_path):
     module = MicroModule()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=3,
         precision="64-true",
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         logger=CSVLogger(tmp_path, name=""),
         callbacks=[TokenProbabilityHistogram(every_n_steps=1)],
     )
