@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.distributed.fsdp import FSDPModule
 
 from lit_dft.strategies import decoder_layer_classes, shard_decoder, top_level_models
 from tests.conftest import micro_llama
@@ -48,9 +47,13 @@ def test_decoder_layers_come_from_the_model():
     assert [cls.__name__ for cls in decoder_layer_classes(model)] == ["LlamaDecoderLayer"]
 
 
-def test_shard_decoder_makes_each_layer_a_unit(monkeypatch):
-    units = []
-    monkeypatch.setattr("lit_dft.strategies.fully_shard", lambda module, **kwargs: units.append(type(module).__name__))
-    shard_decoder(micro_llama(), mesh=None, policy=None, reshard_after_forward=True)
-    assert units == ["LlamaDecoderLayer", "LlamaDecoderLayer", "LlamaForCausalLM"]
-    assert not isinstance(micro_llama(), FSDPModule)
+def test_shard_decoder_makes_each_layer_a_unit_and_keeps_the_top_unit_gathered(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        "lit_dft.strategies.fully_shard", lambda module, **kwargs: calls.append((type(module).__name__, kwargs))
+    )
+    shard_decoder(micro_llama(), mesh="mesh", policy="policy", reshard_after_forward=True)
+    assert [name for name, _ in calls] == ["LlamaDecoderLayer", "LlamaDecoderLayer", "LlamaForCausalLM"]
+    assert all(kwargs["mesh"] == "mesh" and kwargs["mp_policy"] == "policy" for _, kwargs in calls)
+    assert all(kwargs["reshard_after_forward"] is True for _, kwargs in calls[:2])
+    assert "reshard_after_forward" not in calls[2][1], "the top unit must stay gathered until backward"
