@@ -60,7 +60,9 @@ def median(values: list[float]) -> float:
 
 def run_worker(module: str, *args: str) -> dict:
     """Run ``python -m module --worker args`` in a fresh process (a clean peak-RSS mark); its last stdout line is JSON."""
-    done = subprocess.run([sys.executable, "-m", module, "--worker", *args], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--worker", *args], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

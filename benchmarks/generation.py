@@ -29,16 +29,26 @@ MATH500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500" / 
 def _generate(model, tokenizer, batch, samples: int, new_tokens: int) -> int:
     torch.manual_seed(0)
     out = model.generate(
-        input_ids=batch["prompt_input_ids"], attention_mask=batch["prompt_attention_mask"], do_sample=True,
-        temperature=1.0, top_p=1.0, top_k=None, num_return_sequences=samples, max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id,
+        input_ids=batch["prompt_input_ids"],
+        attention_mask=batch["prompt_attention_mask"],
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=None,
+        num_return_sequences=samples,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return (out.shape[1] - batch["prompt_input_ids"].shape[1]) * out.shape[0]
 
 
 def generation(model_name: str, problems: int, samples: int, new_tokens: int) -> list:
-    data = MathDataModule(tokenizer_name_or_path=model_name, eval_sets=[EvalSet("math500", str(MATH500), limit=problems)],
-                          eval_batch_size=problems)
+    data = MathDataModule(
+        tokenizer_name_or_path=model_name,
+        eval_sets=[EvalSet("math500", str(MATH500), limit=problems)],
+        eval_batch_size=problems,
+    )
     data.setup("test")
     (loader,) = data.test_dataloader()
     batch = next(iter(loader))
@@ -54,8 +64,14 @@ def generation(model_name: str, problems: int, samples: int, new_tokens: int) ->
             single_tokens += _generate(model, data.tokenizer, one, 1, new_tokens)
     single = time.perf_counter() - start
     assert single_tokens == batched_tokens
-    return [model_name, f"{problems} x k={samples}, {new_tokens} new tokens each", f"{single:.1f} s", f"{batched:.1f} s",
-            f"{single / batched:.1f}x", f"{batched_tokens / batched:,.0f}"]
+    return [
+        model_name,
+        f"{problems} x k={samples}, {new_tokens} new tokens each",
+        f"{single:.1f} s",
+        f"{batched:.1f} s",
+        f"{single / batched:.1f}x",
+        f"{batched_tokens / batched:,.0f}",
+    ]
 
 
 def checks() -> list:
@@ -86,8 +102,10 @@ def main(quick: bool = False) -> str:
     return (
         markdown_table(["model", "work", "one at a time", "batched", "speed-up", "batched tokens/s"], [generation_row])
         + "\n\n"
-        + markdown_table(["MATH-500 gold answers", "checks/s in process", "checks/s guarded (worker process)", "ratio",
-                          "timeouts"], [check_row])
+        + markdown_table(
+            ["MATH-500 gold answers", "checks/s in process", "checks/s guarded (worker process)", "ratio", "timeouts"],
+            [check_row],
+        )
     )
 
 

@@ -51,17 +51,40 @@ def main(quick: bool = False) -> str:
         results = {"naive": [], "chunked": []}
         for _ in range(rounds):
             for variant in ("naive", "chunked"):
-                results[variant].append(run_worker("benchmarks.loss_memory", variant, str(vocab), str(hidden), str(tokens), str(repeats)))
+                results[variant].append(
+                    run_worker("benchmarks.loss_memory", variant, str(vocab), str(hidden), str(tokens), str(repeats))
+                )
         memory = {v: median([r["peak_mb"] for r in rs]) for v, rs in results.items()}
         seconds = {v: median([r["seconds"] for r in rs]) for v, rs in results.items()}
         raw.append({"vocab": vocab, "hidden": hidden, "tokens": tokens, "runs": results})
-        rows.append([vocab, hidden, tokens, f"{memory['naive']:.0f}", f"{memory['chunked']:.0f}",
-                     f"{memory['chunked'] / memory['naive']:.2f}x", f"{seconds['naive']:.2f}", f"{seconds['chunked']:.2f}",
-                     f"{seconds['chunked'] / seconds['naive']:.2f}x"])
+        rows.append(
+            [
+                vocab,
+                hidden,
+                tokens,
+                f"{memory['naive']:.0f}",
+                f"{memory['chunked']:.0f}",
+                f"{memory['chunked'] / memory['naive']:.2f}x",
+                f"{seconds['naive']:.2f}",
+                f"{seconds['chunked']:.2f}",
+                f"{seconds['chunked'] / seconds['naive']:.2f}x",
+            ]
+        )
     save("loss_memory", {"results": raw})
     return markdown_table(
-        ["V", "hidden", "N", "naive peak MB", "chunked peak MB", "memory ratio (goal <= 0.25x)", "naive s", "chunked s",
-         "time ratio (goal <= 1.15x)"], rows)
+        [
+            "V",
+            "hidden",
+            "N",
+            "naive peak MB",
+            "chunked peak MB",
+            "memory ratio (goal <= 0.25x)",
+            "naive s",
+            "chunked s",
+            "time ratio (goal <= 1.15x)",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ OUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="small shapes: checks the benchmarks run, numbers mean little")
+    parser.add_argument(
+        "--quick", action="store_true", help="small shapes: checks the benchmarks run, numbers mean little"
+    )
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS))
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)

@@ -42,7 +42,15 @@ def main(quick: bool = False) -> str:
     save("step_time", {"model": model_name, "batch_tokens": tokens, "seconds": times})
     return markdown_table(
         ["model", "batch", "SFT s/step", "DFT s/step", "DFT / SFT (goal <= 1.02x)"],
-        [[model_name, f"{tuple(batch['input_ids'].shape)}, {tokens} tokens", f"{sft:.3f}", f"{dft:.3f}", f"{dft / sft:.3f}x"]],
+        [
+            [
+                model_name,
+                f"{tuple(batch['input_ids'].shape)}, {tokens} tokens",
+                f"{sft:.3f}",
+                f"{dft:.3f}",
+                f"{dft / sft:.3f}x",
+            ]
+        ],
     )
 
 

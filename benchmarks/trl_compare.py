@@ -41,7 +41,11 @@ class _Clock:
             self.end = time.perf_counter()
 
     def result(self) -> dict:
-        return {"tokens_per_s": self.tokens / (self.end - self.start), "peak_rss_mb": peak_rss_mb(), "tokens": self.tokens}
+        return {
+            "tokens_per_s": self.tokens / (self.end - self.start),
+            "peak_rss_mb": peak_rss_mb(),
+            "tokens": self.tokens,
+        }
 
 
 def _rows(n: int) -> list[dict]:
@@ -66,11 +70,24 @@ def run_lit(model_name: str, steps: int) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.finish(int(batch["attention_mask"].sum()))
 
-    data = MathDataModule(preset="gsm8k", path=str(GSM8K), tokenizer_name_or_path=model_name, limit=BATCH * steps,
-                          max_length=LENGTH, batch_size=BATCH)
+    data = MathDataModule(
+        preset="gsm8k",
+        path=str(GSM8K),
+        tokenizer_name_or_path=model_name,
+        limit=BATCH * steps,
+        max_length=LENGTH,
+        batch_size=BATCH,
+    )
     module = CausalLMModule(model_name, loss="dft")
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Timing()])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Timing()],
+    )
     trainer.fit(module, data)
     return clock.result()
 
@@ -91,24 +108,46 @@ def run_trl(model_name: str, steps: int) -> dict:
 
     rows = _rows(BATCH * steps)
     train = datasets.Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": r["question"]}], "completion": [{"role": "assistant", "content": r["solution"]}]} for r in rows]
+        [
+            {
+                "prompt": [{"role": "user", "content": r["question"]}],
+                "completion": [{"role": "assistant", "content": r["solution"]}],
+            }
+            for r in rows
+        ]
     )
     tokenizer = load_tokenizer(model_name)
     config = SFTConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_length=LENGTH, max_steps=steps,
-        learning_rate=5e-5, adam_beta2=0.95, weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=math.ceil(0.1 * steps),
-        loss_type="dft", save_strategy="no", report_to=[], use_cpu=True, logging_steps=steps, disable_tqdm=True,
-        bf16=False, gradient_checkpointing=False,  # TRL defaults to both; lit_dft's run is float32 without them
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=BATCH,
+        max_length=LENGTH,
+        max_steps=steps,
+        learning_rate=5e-5,
+        adam_beta2=0.95,
+        weight_decay=0.01,
+        lr_scheduler_type="cosine",
+        warmup_steps=math.ceil(0.1 * steps),
+        loss_type="dft",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        logging_steps=steps,
+        disable_tqdm=True,
+        bf16=False,
+        gradient_checkpointing=False,  # TRL defaults to both; lit_dft's run is float32 without them
     )
     model = load_model(model_name)  # a GGUF-loaded model is flagged quantised, which TRL refuses to train:
     model = plain_model(model.config.to_dict(), model.state_dict()).train()  # the same weights, unflagged
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
-                         callbacks=[Timing()])
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=train, processing_class=tokenizer, callbacks=[Timing()]
+    )
     collate = trainer.data_collator
 
     def counting_collator(examples):
         batch = collate(examples)
-        counting_collator.tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+        counting_collator.tokens = (
+            int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+        )
         return batch
 
     trainer.data_collator = counting_collator
@@ -127,7 +166,7 @@ def main(quick: bool = False) -> str:
 
     rows = []
     raw = {}
-    for model_name, steps, rounds in ([(TINY_MODEL, 12, 1)] if quick else [(TINY_MODEL, 24, 3), (EMBEDDED_MODEL, 10, 2)]):
+    for model_name, steps, rounds in [(TINY_MODEL, 12, 1)] if quick else [(TINY_MODEL, 24, 3), (EMBEDDED_MODEL, 10, 2)]:
         results = {"lit_dft": [], "trl": []}
         for _ in range(rounds):
             for system in ("lit_dft", "trl"):
@@ -135,13 +174,32 @@ def main(quick: bool = False) -> str:
         raw[model_name] = results
         speed = {s: median([r["tokens_per_s"] for r in rs]) for s, rs in results.items()}
         rss = {s: median([r["peak_rss_mb"] for r in rs]) for s, rs in results.items()}
-        rows.append([model_name, f"{BATCH} x {LENGTH}, {steps} steps", f"{speed['lit_dft']:,.0f}", f"{speed['trl']:,.0f}",
-                     f"{speed['lit_dft'] / speed['trl']:.2f}x", f"{rss['lit_dft']:,.0f}", f"{rss['trl']:,.0f}",
-                     f"{rss['lit_dft'] / rss['trl']:.2f}x"])
+        rows.append(
+            [
+                model_name,
+                f"{BATCH} x {LENGTH}, {steps} steps",
+                f"{speed['lit_dft']:,.0f}",
+                f"{speed['trl']:,.0f}",
+                f"{speed['lit_dft'] / speed['trl']:.2f}x",
+                f"{rss['lit_dft']:,.0f}",
+                f"{rss['trl']:,.0f}",
+                f"{rss['lit_dft'] / rss['trl']:.2f}x",
+            ]
+        )
     save("trl_compare", {"batch": BATCH, "length": LENGTH, "results": raw})
     return markdown_table(
-        ["model", "batch", "lit_dft tokens/s", "TRL tokens/s", "speed ratio (goal >= 1.3x)", "lit_dft peak RSS MB",
-         "TRL peak RSS MB", "RSS ratio (goal <= 0.8x)"], rows)
+        [
+            "model",
+            "batch",
+            "lit_dft tokens/s",
+            "TRL tokens/s",
+            "speed ratio (goal >= 1.3x)",
+            "lit_dft peak RSS MB",
+            "TRL peak RSS MB",
+            "RSS ratio (goal <= 0.8x)",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_dft.checkpoints import load_checkpoint
 from lit_dft.errors import LitDFTError
 from lit_dft.models import load_tokenizer
 
@@ -39,27 +39,29 @@ def plain_model(config_dict: dict, state_dict: dict[str, torch.Tensor]) -> PreTr
     return model
 
 
-def export_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """Write ``model`` and ``tokenizer`` so ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads them."""
+def export_pretrained(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model`` (or its config with ``state_dict``, e.g. gathered from FSDP shards) and ``tokenizer`` so
+    ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads them."""
     out = ensure_writable_dir(out_dir)
-    plain = plain_model(model.config.to_dict(), model.state_dict())
+    plain = plain_model(model.config.to_dict(), model.state_dict() if state_dict is None else state_dict)
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
-    """Export a ``lit-dft fit`` checkpoint; loads it with ``weights_only=True`` (no arbitrary unpickling)."""
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise LitDFTError(f"Checkpoint not found: {ckpt_path}")
-    out = ensure_writable_dir(out_dir)
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as error:
-        raise LitDFTError(f"Cannot read checkpoint {ckpt_path} safely: {str(error).splitlines()[0]}") from None
+    """Export a ``lit-dft fit`` checkpoint; loads it with ``weights_only=True`` (no arbitrary unpickling).
+
+    The checkpoint is read and checked before the output folder is created."""
+    checkpoint = load_checkpoint(ckpt_path)
     if "hf_config" not in checkpoint:
         raise LitDFTError(f"{ckpt_path} is not a lit-dft checkpoint (no model config inside)")
+    out = ensure_writable_dir(out_dir)
     prefix = "model."
     weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     plain = plain_model(checkpoint["hf_config"], weights)

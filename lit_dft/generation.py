@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from lit_dft.evaluation.answers import extract_answer
 from lit_dft.evaluation.checking import AnswerChecker, Verdict
@@ -36,11 +37,28 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return sorted(i for i in ids if i is not None)
 
 
+class _StopWhen(StoppingCriteria):
+    """Ends generation at the next token once ``should_stop()`` is true (a scheduler's SIGTERM, say)."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, Any], sampling: Sampling
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    batch: dict[str, Any],
+    sampling: Sampling,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> list[str]:
-    """``num_samples`` completions per prompt (problem-major order), decoded without special tokens."""
+    """``num_samples`` completions per prompt (problem-major order), decoded without special tokens.
+
+    ``should_stop`` is polled after every token; when it turns true the completions end where they are.
+    """
     prompts: Tensor = batch["prompt_input_ids"]
     sample = sampling.temperature > 0
     output = model.generate(
@@ -56,6 +74,7 @@ def generate(
         pad_token_id=tokenizer.pad_token_id,
         use_cache=True,
         synced_gpus=is_sharded(model),  # sharded layers: every rank runs forwards until all ranks are done
+        stopping_criteria=StoppingCriteriaList([_StopWhen(should_stop)]),
     )
     return tokenizer.batch_decode(output[:, prompts.shape[1] :], skip_special_tokens=True)
 
@@ -63,16 +82,19 @@ def generate(
 def score(
     texts: list[str], batch: dict[str, Any], num_samples: int, checker: AnswerChecker
 ) -> tuple[Tensor, list[dict]]:
-    """Correctness ``(problems, k)`` and one prediction record per sample."""
-    problems = len(batch["ids"])
-    correct = torch.zeros(problems, num_samples, dtype=torch.bool)
+    """Correctness ``(counted problems, k)`` and one prediction record per sample of a counted problem.
+
+    Problems marked not ``counted`` (the padding that gives every rank the same number of batches) are skipped.
+    """
+    counted = [i for i, keep in enumerate(batch.get("counted", [True] * len(batch["ids"]))) if keep]
+    correct = torch.zeros(len(counted), num_samples, dtype=torch.bool)
     records = []
-    for i in range(problems):
+    for row, i in enumerate(counted):
         for j in range(num_samples):
             text = texts[i * num_samples + j]
             answer = extract_answer(text) if text.strip() else None
             verdict = checker.check(answer, batch["answers"][i]) if text.strip() else Verdict(False, "empty generation")
-            correct[i, j] = verdict.correct
+            correct[row, j] = verdict.correct
             records.append(
                 {
                     "benchmark": batch["benchmark"],

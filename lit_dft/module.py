@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import DeepSpeedStrategy, Strategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -20,12 +21,12 @@ from lit_dft.evaluation.metrics import MathAccuracy
 from lit_dft.generation import Sampling, generate, score
 from lit_dft.models import EMBEDDED_MODEL, load_model, load_tokenizer
 from lit_dft.objectives import DFT, TokenObjective, build_objective
-from lit_dft.token_loss import IGNORE_INDEX, chunked_objective_loss, naive_objective_loss
+from lit_dft.token_loss import TokenLoss
 
 _PAPER_DFT = DFT()
 # Sums kept per optimiser step: objective, SFT (nll), DFT, target probability, target tokens.
 _WINDOW_FIELDS = ("loss", "nll", "dft", "target_prob", "target_tokens")
-_NO_POSITIONS = torch.empty(0, dtype=torch.long)  # logits_to_keep: project no position to the vocabulary
+_HALF = (torch.bfloat16, torch.float16)
 
 
 def check_strategy(strategy: Strategy) -> None:
@@ -47,9 +48,11 @@ class CausalLMModule(LightningModule):
 
     Normalisation: the gradient is the sum of token-loss gradients over the *global* batch (all
     micro-batches of an accumulation window on all ranks) divided by that global batch's number of
-    target tokens. Each micro-batch back-propagates its unnormalised sum; ``on_before_optimizer_step``
-    all-reduces the token count and rescales the gradients once, before clipping, undoing both
-    Lightning's division by ``accumulate_grad_batches`` and DDP/FSDP's average over ranks.
+    target tokens. Each micro-batch back-propagates its unnormalised sum; after the last backward of
+    the window (inside ``optimizer_step``'s closure, so before every ``on_before_optimizer_step`` hook,
+    callbacks included, and before clipping) one all-reduce brings the token count and whether any
+    gradient is non-finite, and the gradients are rescaled once, undoing both Lightning's division by
+    ``accumulate_grad_batches`` and DDP/FSDP's average over ranks.
 
     Args:
         model_name_or_path: hub id, local folder, ``.gguf`` file, ``smollm2-135m-instruct`` (embedded
@@ -72,8 +75,8 @@ class CausalLMModule(LightningModule):
         temperature: evaluation: sampling temperature, 0 for greedy decoding (the paper: 1.0 with k=16).
         top_p: evaluation: nucleus sampling threshold.
         answer_timeout_s: evaluation: seconds one answer check may take before it counts as incorrect.
-        on_nonfinite: what a NaN/inf loss does: ``skip`` the optimiser step (weights untouched, counted in
-            ``train/skipped_steps``) or ``stop`` the run with a message.
+        on_nonfinite: what a NaN/inf loss or gradient does: ``skip`` the optimiser step (weights untouched,
+            counted in ``train/skipped_steps``) or ``stop`` the run with a message.
     """
 
     def __init__(
@@ -97,8 +100,14 @@ class CausalLMModule(LightningModule):
         on_nonfinite: Literal["skip", "stop"] = "skip",
     ) -> None:
         super().__init__()
+        if num_samples > 1 and temperature == 0:
+            raise LitDFTError(
+                f"num_samples={num_samples} with temperature 0 would repeat one greedy answer {num_samples} times; "
+                "set model.temperature > 0 (the paper: 1.0) or model.num_samples: 1"
+            )
         self.save_hyperparameters()
         self.objective = build_objective(loss)
+        self.token_loss = TokenLoss(self.objective, loss_chunk_size)
         self.sampling = Sampling(max_new_tokens, num_samples, temperature, top_p)
         self.checker = AnswerChecker(answer_timeout_s)
         self.eval_metrics = torch.nn.ModuleDict()
@@ -130,60 +139,12 @@ class CausalLMModule(LightningModule):
 
     # ---- forward ---------------------------------------------------------------------------------
 
-    def _use_chunked_loss(self) -> bool:
-        chunk = self.hparams.loss_chunk_size
-        if chunk == 0:
-            return False
-        head = self.model.get_output_embeddings()
-        config = self.model.config
-        plain_head = (
-            isinstance(head, torch.nn.Linear)
-            and head.bias is None
-            and not any(
-                getattr(config, key, None) for key in ("final_logit_softcapping", "logit_scale", "logits_scaling")
-            )
-        )
-        plain_head = plain_head and "logits_to_keep" in inspect.signature(self.model.forward).parameters
-        if not plain_head:
-            if chunk is not None:
-                rank_zero_warn("The chunked loss needs a plain linear output head; using full logits.")
-            return False
-        return chunk is not None or head.out_features >= 32_768
-
-    def _chunked_loss(self, inputs: dict[str, Tensor], mask: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """The chunked loss, computed inside the model's own forward with no position projected by the model.
-
-        A hook on ``base_model`` takes the final hidden states while the top-level forward is running,
-        so under FSDP the root unit's parameters, output head included, are gathered at that moment and
-        their gradients are reduced by FSDP's own hooks.
-        """
-        results: list[tuple[Tensor, Tensor]] = []
-
-        def loss_from_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
-            hidden = output[0][:, :-1][mask]
-            weight = self.model.get_output_embeddings().weight
-            results.append(
-                chunked_objective_loss(hidden, weight, targets, self.objective, self.hparams.loss_chunk_size)
-            )
-
-        hook = self.model.base_model.register_forward_hook(loss_from_hidden)
-        try:
-            self.model(**inputs, logits_to_keep=_NO_POSITIONS.to(mask.device))
-        finally:
-            hook.remove()
-        return results[-1]
-
     def token_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Objective loss sum and per-token target log-probs for a batch with ``labels``."""
         targets = batch["labels"][:, 1:]
-        mask = targets != IGNORE_INDEX
-        flat_targets = targets[mask]
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
-        if self._use_chunked_loss():
-            loss_sum, log_probs = self._chunked_loss(inputs, mask, flat_targets)
-        else:
-            logits = self.model(**inputs).logits[:, :-1][mask]
-            loss_sum, log_probs = naive_objective_loss(logits, flat_targets, self.objective)
+        loss_sum, log_probs, mask = self.token_loss(
+            self.model, batch["input_ids"], batch.get("attention_mask"), targets
+        )
         per_token = torch.zeros(targets.shape, dtype=log_probs.dtype, device=targets.device)
         per_token[mask] = log_probs
         return {"loss": loss_sum, "target_log_probs": per_token, "target_mask": mask, "flat_log_probs": log_probs}
@@ -204,33 +165,56 @@ class CausalLMModule(LightningModule):
         self._window = window if self._window is None else self._window + window
         return out
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        totals = self.trainer.strategy.reduce(self._window, reduce_op="sum")
+    def on_fit_start(self) -> None:
+        half = sorted({str(p.dtype) for p in self.parameters() if p.requires_grad and p.dtype in _HALF})
+        if half:
+            rank_zero_warn(
+                f"The trainable weights are {', '.join(half)}: AdamW then updates them in that precision, and at "
+                "small learning rates most updates round away. Keep float32 master weights: model.dtype: float32 "
+                "with trainer.precision: bf16-mixed, or FSDP2's param_dtype: bfloat16."
+            )
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Normalise the gradients right after the window's last backward, before any hook or clipping sees them."""
+
+        def closure() -> Any:
+            result = optimizer_closure()
+            self._normalise_gradients()
+            return result
+
+        optimizer.step(closure=closure)
+
+    def _normalise_gradients(self) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]  # FSDP2: this rank's shard
+        norm = torch.nn.utils.get_total_norm(local) if local else self._window.new_zeros(())
+        nonfinite = (~torch.isfinite(norm)).to(self._window).reshape(1)
+        totals = self.trainer.strategy.reduce(torch.cat([self._window, nonfinite]), reduce_op="sum")
         self._window = None
-        if not torch.isfinite(totals).all():  # the same verdict on every rank: totals are all-reduced
+        if totals[-1] > 0 or not torch.isfinite(totals).all():  # the same verdict on every rank: all-reduced
             self._skip_nonfinite_step()
             return
-        tokens = totals[-1]
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens.clamp(min=1.0)
-        for param in self.parameters():
-            if param.grad is not None:
-                param.grad.mul_(scale.to(param.grad.dtype))
-        means = totals[:-1] / tokens.clamp(min=1.0)
+        tokens = totals[-2].double().clamp(min=1.0)
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens  # float64: exact enough
+        for grad in grads:
+            grad.mul_(scale.to(grad.dtype))
+        means = totals[:-2] / tokens.to(totals)
         for name, value in zip(_WINDOW_FIELDS, means):
             self.log(f"train/{name}", value, prog_bar=name == "loss", rank_zero_only=True)
-        self.log("train/target_tokens", tokens, rank_zero_only=True)
+        self.log("train/target_tokens", totals[-2], rank_zero_only=True)
 
     def _skip_nonfinite_step(self) -> None:
         if self.hparams.on_nonfinite == "stop":
             raise LitDFTError(
-                f"Non-finite loss at step {self.global_step}; the weights are those of the last good step. "
+                f"Non-finite loss or gradient at step {self.global_step}; the weights are those of the last good step. "
                 "Lower the learning rate, check the data, or set model.on_nonfinite: skip."
             )
         for param in self.parameters():
             param.grad = None  # AdamW skips parameters without gradients: the weights stay untouched
         self.skipped_steps += 1
         rank_zero_warn(
-            f"Non-finite loss at step {self.global_step}: optimiser step skipped ({self.skipped_steps} so far)."
+            f"Non-finite loss or gradient at step {self.global_step}: optimiser step skipped "
+            f"({self.skipped_steps} so far)."
         )
         self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
 
@@ -255,13 +239,31 @@ class CausalLMModule(LightningModule):
 
     def _answer(self, batch: dict[str, Any]) -> list[dict]:
         """Generate k answers per problem, check them, update the benchmark's accuracy; the records go to callbacks."""
-        texts = generate(self.model, self.tokenizer, batch, self.sampling)
+        texts = generate(self.model, self.tokenizer, batch, self.sampling, self._received_sigterm)
+        if self._received_sigterm():  # a scheduler's SIGTERM: stop now, without scoring cut-off answers
+            raise SIGTERMException
         correct, records = score(texts, batch, self.sampling.num_samples, self.checker)
         name = batch["benchmark"]
         if name not in self.eval_metrics:
             self.eval_metrics[name] = MathAccuracy().to(self.device)
         self.eval_metrics[name].update(correct.to(self.device))
         return records
+
+    def on_test_start(self) -> None:
+        self._announce(self.trainer.num_test_batches)
+
+    def on_predict_start(self) -> None:
+        self._announce(self.trainer.num_predict_batches)
+
+    def _announce(self, batches: list[int | float]) -> None:
+        s = self.sampling
+        rank_zero_info(
+            f"Answering {int(sum(batches))} batches of problems from {len(batches)} benchmark(s): {s.num_samples} "
+            f"sample(s) each, up to {s.max_new_tokens} new tokens, temperature {s.temperature}"
+        )
+
+    def _received_sigterm(self) -> bool:
+        return self._trainer is not None and self._trainer.received_sigterm
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         return self._answer(batch)

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn import Module
 from transformers import PreTrainedModel
@@ -44,6 +45,13 @@ def decoder_layer_classes(model: PreTrainedModel) -> tuple[type[Module], ...]:
 def is_sharded(module: Module) -> bool:
     """Whether any part of ``module`` is sharded by FSDP2 (every rank must then run the same forwards)."""
     return any(isinstance(sub, FSDPModule) for sub in module.modules())
+
+
+def full_state_dict(model: Module) -> dict[str, torch.Tensor]:
+    """The model's full weights; gathered from the shards when sharded (a collective: call it on every rank)."""
+    if not is_sharded(model):
+        return model.state_dict()
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def shard_decoder(

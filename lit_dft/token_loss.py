@@ -9,9 +9,14 @@ forward (as fused linear cross-entropy kernels do), so backward costs no second 
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lit_dft.errors import LitDFTError
 from lit_dft.objectives import TokenObjective
 
 IGNORE_INDEX = -100
@@ -91,15 +96,140 @@ def default_chunk_size(vocab_size: int) -> int:
     return max(64, 2**25 // vocab_size)
 
 
+def _chunked_loss_only(
+    hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int
+) -> tuple[Tensor, Tensor]:
+    """The chunked loss when no gradient is wanted (validation, the probe, ``torch.inference_mode``)."""
+    compute = torch.promote_types(hidden.dtype, torch.float32)
+    log_probs = torch.empty(hidden.shape[0], dtype=compute, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = hidden[start : start + chunk_size] @ weight.T
+        log_probs[start : start + chunk_size] = target_log_probs_from_logits(
+            logits, targets[start : start + chunk_size]
+        )
+    return objective(log_probs).sum(), log_probs
+
+
 def chunked_objective_loss(
     hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """Loss sum and target log-probs from hidden states ``(N, H)`` and the output projection ``(V, H)``.
 
     Requires an elementwise objective (every :class:`TokenObjective` is) and a head without bias,
-    scaling or soft-capping. ``chunk_size`` defaults to :func:`default_chunk_size`.
+    scaling or soft-capping. ``chunk_size`` defaults to :func:`default_chunk_size`. Without grad mode,
+    or when neither input requires a gradient, no gradient is computed.
     """
     chunk_size = chunk_size or default_chunk_size(weight.shape[0])
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise LitDFTError(f"loss_chunk_size must be >= 1, got {chunk_size}")
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        return _chunked_loss_only(hidden, weight, targets, objective, chunk_size)
     return _ChunkedObjectiveLoss.apply(hidden, weight, targets, objective, chunk_size)
+
+
+_SCALED_HEAD_KEYS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "lm_head_multiplier",
+    "logits_soft_cap",
+)
+_HEAD_CHECK_TOLERANCE = 1e-2  # relative to the largest logit; scaled or capped heads differ by far more
+_NO_POSITIONS = torch.empty(0, dtype=torch.long)  # logits_to_keep: project no position to the vocabulary
+
+
+class TokenLoss:
+    """The objective over a causal LM's target tokens, from full logits or chunked from the final hidden states.
+
+    Whether to chunk is decided once, on the first call, for the model at hand: the chunked path needs a
+    plain linear head (no bias) whose projection of the final hidden states *is* the model's logits. That
+    is checked by computing both on a fixed 16-token input rather than by a list of config keys, so an
+    architecture that scales or caps its logits under a new name falls back to full logits with a warning.
+    Every rank runs the same check, so sharded models (FSDP2) stay in step.
+
+    Args:
+        objective: the token objective.
+        chunk_size: target tokens per chunk; ``None`` chunks when the vocabulary has >= 32,768 entries
+            (chunks of :func:`default_chunk_size`); ``0`` always uses full logits.
+    """
+
+    def __init__(self, objective: TokenObjective, chunk_size: int | None = None) -> None:
+        self.objective = objective
+        self.chunk_size = chunk_size
+        self.chunked: bool | None = None  # decided on the first call
+
+    def __call__(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None, targets: Tensor):
+        """Loss sum, flat target log-probs (detached, >= float32) and the target mask ``(B, T-1)``.
+
+        ``targets`` are the labels shifted left (``labels[:, 1:]``) with ``IGNORE_INDEX`` where nothing is trained.
+        """
+        if self.chunked is None:
+            self.chunked = self._can_chunk(model, input_ids.device)
+        mask = targets != IGNORE_INDEX
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.chunked:
+            return (*self._chunked(model, inputs, mask, targets[mask]), mask)
+        logits = model(**inputs).logits[:, :-1][mask]
+        return (*naive_objective_loss(logits, targets[mask], self.objective), mask)
+
+    def _chunked(self, model: torch.nn.Module, inputs: dict, mask: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Computed inside the model's own forward with no position projected by the model: a hook on
+        ``base_model`` takes the final hidden states while the top-level forward runs, so under FSDP the root
+        unit (output head included) is gathered then and its gradient is reduced by FSDP's own hooks."""
+        results: list[tuple[Tensor, Tensor]] = []
+
+        def loss_from_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
+            hidden = output[0][:, :-1][mask]
+            weight = model.get_output_embeddings().weight
+            results.append(chunked_objective_loss(hidden, weight, targets, self.objective, self.chunk_size))
+
+        hook = model.base_model.register_forward_hook(loss_from_hidden)
+        try:
+            model(**inputs, logits_to_keep=_NO_POSITIONS.to(mask.device))
+        finally:
+            hook.remove()
+        return results[-1]
+
+    def _can_chunk(self, model: torch.nn.Module, device: torch.device) -> bool:
+        if self.chunk_size == 0:
+            return False
+        head = model.get_output_embeddings()
+        if self.chunk_size is None and not (isinstance(head, torch.nn.Linear) and head.out_features >= 32_768):
+            return False
+        reason = _not_a_plain_head(model) or _head_mismatch(model, device)
+        if reason:
+            rank_zero_warn(f"The chunked loss is off for this model ({reason}); computing full logits instead.")
+        return reason is None
+
+
+def _not_a_plain_head(model: torch.nn.Module) -> str | None:
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return "its output head is not a linear layer without bias"
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return "its forward takes no logits_to_keep"
+    scaled = [key for key in _SCALED_HEAD_KEYS if getattr(model.config, key, None)]
+    return f"its config scales or caps the logits: {', '.join(scaled)}" if scaled else None
+
+
+@torch.no_grad()
+def _head_mismatch(model: torch.nn.Module, device: torch.device) -> str | None:
+    """Compare the head's projection of the final hidden states with the model's own logits on 16 tokens."""
+    vocab = model.get_output_embeddings().out_features
+    input_ids = (torch.arange(16, device=device) * 7919 % vocab).unsqueeze(0)  # spread over the vocabulary
+    projected: list[Tensor] = []
+
+    def project(module: torch.nn.Module, args: Any, output: Any) -> None:
+        weight = model.get_output_embeddings().weight  # gathered here under FSDP
+        projected.append((output[0][0].to(weight.dtype) @ weight.T).double())
+
+    hook = model.base_model.register_forward_hook(project)
+    try:
+        logits = model(input_ids=input_ids).logits[0].double()
+    finally:
+        hook.remove()
+    error = float((projected[0] - logits).abs().max())
+    scale = max(float(logits.abs().max()), 1.0)
+    if error > _HEAD_CHECK_TOLERANCE * scale:
+        return f"its logits differ from the projection of its final hidden states by up to {error:.3g}"
+    return None

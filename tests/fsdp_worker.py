@@ -1,7 +1,7 @@
 """One FSDP2 training step of the micro model on 2 CPU processes; run by ``test_fsdp.py`` as ``python -m tests.fsdp_worker OUT``.
 
 Lightning's launcher starts the second process by running this command again. Rank 0 writes the
-full weights before and after the step, and a full checkpoint, under OUT.
+full weights before and after the step, a full checkpoint and (``ExportOnFitEnd``) a Hugging Face folder under OUT.
 """
 
 import sys
@@ -11,6 +11,7 @@ import lightning.pytorch as L
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from lit_dft.callbacks import ExportOnFitEnd
 from lit_dft.strategies import FSDP2Strategy
 from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
 
@@ -37,8 +38,14 @@ def main(out: Path) -> None:
     module.configure_model()
     module.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     recorder = _Recorder()
+    export = ExportOnFitEnd(str(out / "hf"))
     trainer = quiet_trainer(
-        devices=2, strategy=FSDP2Strategy(), max_steps=1, accumulate_grad_batches=2, logger=False, callbacks=[recorder]
+        devices=2,
+        strategy=FSDP2Strategy(),
+        max_steps=1,
+        accumulate_grad_batches=2,
+        logger=False,
+        callbacks=[recorder, export],
     )
     trainer.fit(module, loader(uneven_rows(), batch_size=2))
     trainer.save_checkpoint(out / "fsdp.ckpt")

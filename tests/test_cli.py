@@ -1,13 +1,17 @@
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as L
 import pytest
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_dft.cli import main
-from tests.conftest import ROOT, SMOKE
+from tests.conftest import ROOT, SMOKE, smoke_run_dir
 
 
 def _scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -19,7 +23,7 @@ def _scalars(run_dir: Path) -> dict[str, list[float]]:
 
 def test_smoke_fit_writes_checkpoint_config_and_loss_pair(smoke_run):
     loss, run = smoke_run
-    assert list(run.rglob("*.ckpt")), "a checkpoint"
+    assert list(run.rglob("epoch=*-step=20.ckpt")) and list(run.rglob("last.ckpt")), "checkpoints"
     (config,) = run.rglob("config.yaml")
     assert yaml.safe_load(config.read_text())["model"]["loss"] == loss
     scalars = _scalars(run)
@@ -85,3 +89,118 @@ def test_every_recipe_prints_with_print_config(config, capsys):
     if isinstance(strategy, dict):
         assert printed["trainer"]["strategy"]["class_path"] == strategy["class_path"]
         assert printed["trainer"]["strategy"]["init_args"]["param_dtype"] == strategy["init_args"]["param_dtype"]
+
+
+def test_every_recipe_keeps_float32_master_weights():
+    """Mixed precision computes in bf16 over float32 weights; a bf16 ``dtype`` would make AdamW update bf16 weights."""
+    for config in sorted((ROOT / "configs").glob("*.yaml")):
+        recipe = yaml.safe_load(config.read_text())
+        dtype = recipe.get("model", {}).get("dtype")
+        trainer = recipe.get("trainer", {})
+        precision = str(trainer.get("precision", "32-true"))
+        strategy = trainer.get("strategy")
+        param_dtype = strategy.get("init_args", {}).get("param_dtype") if isinstance(strategy, dict) else None
+        assert dtype in (None, "float32"), f"{config.name}: model.dtype {dtype} trains {dtype} weights"
+        assert not precision.endswith("-true") or precision in ("32-true", "64-true"), f"{config.name}: {precision}"
+        if param_dtype:
+            assert precision == "32-true", f"{config.name}: FSDP2 param_dtype with autocast on top"
+
+
+def _last_line(captured: str) -> str:
+    return captured.strip().splitlines()[-1]
+
+
+def test_every_subcommand_runs_on_the_chunked_path(tmp_path_factory, tmp_path, monkeypatch, capsys):
+    """fit (the smoke run), validate, test, predict, export and plot-polarization with a 49,152-token vocabulary."""
+    from lit_dft.token_loss import TokenLoss
+
+    decisions = []
+    can_chunk = TokenLoss._can_chunk
+    monkeypatch.setattr(
+        TokenLoss, "_can_chunk", lambda self, *a: decisions.append(can_chunk(self, *a)) or decisions[-1]
+    )
+    run = smoke_run_dir("dft", tmp_path_factory)
+    (ckpt,) = run.rglob("last.ckpt")
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 20, "last.ckpt holds the final step"
+    validate = ["validate", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path / 'v'}"]
+    main([*validate, "--trainer.limit_val_batches=2"])
+    main([*validate, f"--ckpt_path={ckpt}"])
+    assert "val/nll" in capsys.readouterr().out
+    assert decisions == [True, True], "validate ran the chunked loss under inference mode"
+    evaluation = ["--config", str(ROOT / "configs/eval.yaml"), "--model.model_name_or_path=tiny"]
+    evaluation += ["--model.max_new_tokens=4", "--data.eval_limit=2", f"--ckpt_path={ckpt}"]
+    for subcommand in ("test", "predict"):
+        main([subcommand, *evaluation, f"--trainer.default_root_dir={tmp_path / subcommand}"])
+        (predictions,) = (tmp_path / subcommand).rglob("predictions.jsonl")  # under the run, not the cwd
+        assert predictions.parent.name.startswith("version_") and len(predictions.read_text().splitlines()) == 12
+    main(["export", str(ckpt), str(tmp_path / "hf")])
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    main(["plot-polarization", str(run), "-o", str(tmp_path / "fig.png")])
+    assert (tmp_path / "fig.png").is_file()
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"], ids=["zero bytes", "truncated"])
+def test_broken_checkpoints_get_one_line(tmp_path, content, capsys):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(content)
+    for argv in (
+        ["fit", "--config", SMOKE, f"--ckpt_path={broken}", f"--trainer.default_root_dir={tmp_path}"],
+        ["validate", "--config", SMOKE, f"--ckpt_path={broken}", f"--trainer.default_root_dir={tmp_path}"],
+        ["export", str(broken), str(tmp_path / "out")],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"lit-dft: error: Checkpoint {broken} is" in _last_line(err) and "Traceback" not in err
+    assert not (tmp_path / "out").exists(), "export checks the checkpoint before it creates the folder"
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", SMOKE, f"--ckpt_path={tmp_path / 'missing.ckpt'}"])
+    assert _last_line(capsys.readouterr().err) == f"lit-dft: error: Checkpoint not found: {tmp_path / 'missing.ckpt'}"
+
+
+class SigtermAt(L.Callback):
+    """Sends this process SIGTERM at the end of optimiser step ``step``, as a scheduler would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_fit_leaves_a_checkpoint_that_resumes_to_the_same_weights(tmp_path_factory, tmp_path, capsys):
+    loss, full_run = "dft", smoke_run_dir("dft", tmp_path_factory)
+    args = ["fit", "--config", SMOKE, f"--model.loss={loss}", f"--trainer.default_root_dir={tmp_path}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--trainer.callbacks+=tests.test_cli.SigtermAt", "--trainer.callbacks.step=13"])
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert _last_line(capsys.readouterr().err) == "lit-dft: stopped by SIGTERM"
+    (interrupted,) = tmp_path.rglob("last.ckpt")
+    assert torch.load(interrupted, weights_only=True)["global_step"] == 13, "saved at the step it stopped"
+    main([*args, "--ckpt_path=last"])
+    (resumed,) = sorted(tmp_path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)[-1:]
+    (uninterrupted,) = full_run.rglob("last.ckpt")
+    expected = torch.load(uninterrupted, weights_only=True)
+    actual = torch.load(resumed, weights_only=True)
+    assert actual["global_step"] == expected["global_step"] == 20
+    for name, value in expected["state_dict"].items():
+        torch.testing.assert_close(actual["state_dict"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_sigterm_ends_test_promptly_without_scoring_cut_off_answers(tmp_path):
+    command = [sys.executable, "-m", "lit_dft", "test", "--config", "configs/eval.yaml"]
+    command += ["--model.model_name_or_path=tiny", "--model.max_new_tokens=100000", "--data.eval_limit=2"]
+    command += [f"--trainer.default_root_dir={tmp_path}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in process.stdout:  # generation starts after Lightning has installed its signal handlers
+        output.append(line)
+        if line.startswith("Answering"):
+            process.send_signal(signal.SIGTERM)
+            break
+    rest, _ = process.communicate(timeout=120)  # 100,000 tokens per answer would take hours
+    assert process.returncode == 128 + signal.SIGTERM, "".join(output) + rest
+    assert rest.strip().splitlines()[-1] == "lit-dft: stopped by SIGTERM"
+    assert "test/acc" not in rest and not list(tmp_path.rglob("predictions.jsonl"))

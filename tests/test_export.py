@@ -19,7 +19,7 @@ def _logits(model):
 
 def test_checkpoint_export_round_trip_reproduces_the_logits(smoke_run, tmp_path, capsys):
     _, run = smoke_run
-    (ckpt,) = run.rglob("*.ckpt")
+    (ckpt,) = run.rglob("last.ckpt")
     main(["export", str(ckpt), str(tmp_path / "hf")])
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     reference = load_model(TINY_MODEL)
@@ -42,7 +42,7 @@ def test_gguf_model_exports_to_plain_safetensors(tmp_path):
 
 def test_unwritable_export_target_is_reported_and_checkpoint_untouched(smoke_run, tmp_path):
     _, run = smoke_run
-    (ckpt,) = run.rglob("*.ckpt")
+    (ckpt,) = run.rglob("last.ckpt")
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from lit_dft.strategies import decoder_layer_classes, shard_decoder, top_level_models
 from tests.conftest import micro_llama
@@ -37,6 +38,10 @@ def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path)
     for name, value in weights["after"].items():
         torch.testing.assert_close(checkpoint["state_dict"][name], value, rtol=0, atol=0, msg=name)
     assert checkpoint["hf_config"]["num_hidden_layers"] == 2
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float64).state_dict()
+    for name, value in exported.items():  # gathered from the shards by every rank, written by rank 0
+        torch.testing.assert_close(value, weights["after"][f"model.{name}"], rtol=0, atol=0, msg=name)
 
 
 def test_decoder_layers_come_from_the_model():

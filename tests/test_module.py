@@ -1,3 +1,4 @@
+import lightning.pytorch as L
 import pytest
 import torch
 
@@ -49,6 +50,101 @@ def test_global_batch_normalisation_equals_token_mean_of_the_whole_batch():
         torch.testing.assert_close(delta[name], reference[name], rtol=0, atol=1e-8, msg=name)
 
 
+def test_normalisation_is_exact_in_float64():
+    """The scale 1/tokens is computed in float64: a float32 scale has a relative error of up to 6e-8."""
+    rows = uneven_rows()
+    tokens = sum(_target_tokens_per_micro_batch(8))
+    assert tokens & (tokens - 1), "a power of two would be exact in float32 too"
+    recorder = _GradientRecorder()
+    module = MicroModule(loss="sft")
+    module.configure_model()
+    _fit(module, loader(rows, 8), callbacks=[recorder])
+    module = MicroModule(loss="sft")
+    module.configure_model()
+    batch = next(iter(loader(rows, 8)))
+    loss_sum = torch.nn.functional.cross_entropy(
+        module.model(input_ids=batch["input_ids"]).logits[:, :-1].reshape(-1, 64),
+        batch["labels"][:, 1:].reshape(-1),
+        reduction="sum",
+    )
+    loss_sum.backward()
+    for name, param in module.named_parameters():
+        torch.testing.assert_close(recorder.grads[0][name], param.grad / tokens, rtol=1e-13, atol=1e-17, msg=name)
+
+
+class _GradientRecorder(L.Callback):
+    """What a gradient-norm logger sees: the gradients in ``on_before_optimizer_step``."""
+
+    def __init__(self) -> None:
+        self.grads = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.grads.append({n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None})
+
+
+def test_callbacks_see_the_normalised_gradients_the_optimiser_applies():
+    recorder = _GradientRecorder()
+    module = MicroModule(loss="dft")
+    module.configure_model()
+    before, after = _fit(module, loader(uneven_rows(), 2), accumulate_grad_batches=4, callbacks=[recorder])
+    (seen,) = recorder.grads
+    for name in before:  # SGD with lr 1: the step is -grad
+        torch.testing.assert_close(seen[name], before[name] - after[name], rtol=0, atol=1e-12, msg=name)
+
+
+class _NaNGradientOnSecondBatch(L.Callback):
+    """A finite loss whose gradient is NaN (what bf16 without a scaler can give)."""
+
+    def on_after_backward(self, trainer, pl_module):
+        if trainer.fit_loop.epoch_loop.batch_progress.current.ready == 2:
+            next(pl_module.parameters()).grad.view(-1)[0] = float("nan")
+
+
+def test_finite_loss_with_nonfinite_gradient_skips_the_step():
+    module = _NaNOnSecondBatch("skip", poison_loss=False)
+    module.configure_model()
+    with pytest.warns(UserWarning, match="Non-finite loss or gradient at step 1"):
+        _fit(module, loader(uneven_rows(), 2), max_steps=3, callbacks=[_NaNGradientOnSecondBatch()])
+    first, second, third = module.snapshots[:3]
+    assert module.skipped_steps == 1
+    assert all(torch.equal(first[n], second[n]) for n in first), "the NaN-gradient step must not move the weights"
+    assert all(torch.isfinite(p).all() for p in third.values())
+
+
+def test_greedy_decoding_with_several_samples_is_refused():
+    from lit_dft.errors import LitDFTError
+    from lit_dft.module import CausalLMModule
+
+    with pytest.raises(LitDFTError, match="num_samples=4 with temperature 0"):
+        CausalLMModule("tiny", num_samples=4, temperature=0.0)
+    CausalLMModule("tiny", num_samples=4, temperature=1.0)
+
+
+def _unchanged_fraction_after_one_adamw_step(dtype: torch.dtype, precision: str) -> float:
+    from lit_dft.module import CausalLMModule
+
+    module = CausalLMModule("tiny", dtype="float32" if dtype == torch.float32 else "bfloat16", learning_rate=5e-5)
+    module.configure_model()
+    rows = [{"input_ids": list(range(3, 40)), "prompt_length": 5}] * 2
+    before, after = _fit_plain(module, loader(rows, 2), precision)
+    changed = sum(int((after[n] != before[n]).sum()) for n in before)
+    return 1 - changed / sum(v.numel() for v in before.values())
+
+
+def _fit_plain(module, data, precision):
+    trainer = quiet_trainer(precision=precision, logger=False, max_steps=1)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    trainer.fit(module, data)
+    return before, {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_bf16_weights_warn_and_lose_most_updates_unlike_float32_master_weights():
+    with pytest.warns(UserWarning, match="trainable weights are torch.bfloat16"):
+        bf16 = _unchanged_fraction_after_one_adamw_step(torch.bfloat16, "bf16-true")
+    master = _unchanged_fraction_after_one_adamw_step(torch.float32, "bf16-mixed")
+    assert bf16 > 0.5 and master < 0.05, (bf16, master)
+
+
 def test_chunked_and_naive_paths_train_identically():
     naive = _step_delta(batch_size=4, accumulate=2, chunk=0)
     chunked = _step_delta(batch_size=4, accumulate=2, chunk=7)
@@ -90,14 +186,15 @@ def test_training_step_returns_per_token_outputs_for_callbacks():
 
 
 class _NaNOnSecondBatch(MicroModule):
-    def __init__(self, on_nonfinite: str) -> None:
+    def __init__(self, on_nonfinite: str, poison_loss: bool = True) -> None:
         super().__init__()
         self.hparams.on_nonfinite = on_nonfinite
+        self.poison_loss = poison_loss
         self.snapshots = []
 
     def training_step(self, batch, batch_idx):
         out = super().training_step(batch, batch_idx)
-        if batch_idx == 1:
+        if batch_idx == 1 and self.poison_loss:
             self._window[0] = float("nan")
             out["loss"] = out["loss"] * float("nan")
         return out
@@ -109,7 +206,7 @@ class _NaNOnSecondBatch(MicroModule):
 def test_nonfinite_loss_skips_the_step_and_leaves_the_weights_untouched():
     module = _NaNOnSecondBatch("skip")
     module.configure_model()
-    with pytest.warns(UserWarning, match="Non-finite loss at step 1"):
+    with pytest.warns(UserWarning, match="Non-finite loss or gradient at step 1"):
         _fit(module, loader(uneven_rows(), 2), max_steps=3)
     first, second, third = module.snapshots[:3]
     assert module.skipped_steps == 1
@@ -123,7 +220,7 @@ def test_nonfinite_loss_can_stop_the_run_with_a_message():
 
     module = _NaNOnSecondBatch("stop")
     module.configure_model()
-    with pytest.raises(LitDFTError, match="Non-finite loss at step 1"):
+    with pytest.raises(LitDFTError, match="Non-finite loss or gradient at step 1"):
         _fit(module, loader(uneven_rows(), 2), max_steps=3)
 
 

@@ -1,8 +1,10 @@
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 
 from lit_dft.objectives import DFT, OBJECTIVES, build_objective
-from lit_dft.token_loss import chunked_objective_loss, naive_objective_loss
+from lit_dft.token_loss import IGNORE_INDEX, TokenLoss, chunked_objective_loss, naive_objective_loss
+from tests.conftest import micro_llama
 
 OBJECTIVE_CASES = [build_objective(name) for name in sorted(OBJECTIVES)] + [DFT(alpha=0.5, min_weight=0.1)]
 
@@ -56,3 +58,82 @@ def test_chunked_handles_no_target_tokens():
     loss, log_probs, grad_h, grad_w = _chunked(hidden, weight, torch.zeros(0, dtype=torch.long), DFT(), 8)
     assert loss.item() == 0.0 and log_probs.numel() == 0
     assert torch.all(grad_w == 0) and grad_h.shape == (0, 24)
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+def test_chunked_loss_without_grad_mode_computes_the_loss_only(context, monkeypatch):
+    """Standalone validate/test run under inference mode: the loss must work there and build no gradient."""
+    hidden, weight, targets = _problem()
+    expected_loss, expected_log_probs, _, _ = _naive(hidden, weight, targets, DFT())
+    hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    monkeypatch.setattr("lit_dft.token_loss._ChunkedObjectiveLoss.forward", _fail_if_called)
+    with context():
+        loss, log_probs = chunked_objective_loss(hidden, weight, targets, DFT(), 8)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log_probs, expected_log_probs, rtol=1e-5, atol=1e-5)
+
+
+def _fail_if_called(*args, **kwargs):
+    raise AssertionError("the gradient-computing chunked path ran although no gradient is wanted")
+
+
+class _ScaledLlama(LlamaForCausalLM):
+    """A head that multiplies its logits by a config value under a name no list of keys knows."""
+
+    def forward(self, input_ids=None, attention_mask=None, logits_to_keep=0, **kwargs):
+        output = super().forward(input_ids, attention_mask, logits_to_keep=logits_to_keep, **kwargs)
+        output.logits = output.logits * self.config.novel_logit_multiplier
+        return output
+
+
+def _token_loss_inputs(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=g)
+    targets = input_ids[:, 1:].clone()
+    targets[:, :3] = IGNORE_INDEX
+    return input_ids, targets
+
+
+def _naive_log_probs(model, input_ids, targets):
+    logits = model(input_ids=input_ids).logits[:, :-1]
+    mask = targets != IGNORE_INDEX
+    return torch.log_softmax(logits.double(), -1)[mask].gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+
+
+def test_a_head_that_scales_its_logits_falls_back_to_full_logits():
+    model = micro_llama(vocab_size=64)
+    scaled = _ScaledLlama(model.config).to(torch.float64)
+    scaled.load_state_dict(model.state_dict())
+    scaled.config.novel_logit_multiplier = 3.0
+    input_ids, targets = _token_loss_inputs(scaled)
+    loss = TokenLoss(DFT(), chunk_size=5)
+    with pytest.warns(UserWarning, match="chunked loss is off.*logits differ"):
+        _, log_probs, _ = loss(scaled, input_ids, None, targets)
+    assert loss.chunked is False
+    torch.testing.assert_close(log_probs, _naive_log_probs(scaled, input_ids, targets), rtol=0, atol=1e-12)
+
+
+def test_a_plain_head_is_chunked_and_matches_the_model_logits(recwarn):
+    model = micro_llama(vocab_size=64)
+    input_ids, targets = _token_loss_inputs(model)
+    loss = TokenLoss(DFT(), chunk_size=5)
+    _, log_probs, mask = loss(model, input_ids, None, targets)
+    assert loss.chunked is True and not [w for w in recwarn if "chunked" in str(w.message)]
+    assert torch.equal(mask, targets != IGNORE_INDEX)
+    torch.testing.assert_close(log_probs, _naive_log_probs(model, input_ids, targets), rtol=0, atol=1e-12)
+
+
+def test_chunking_is_decided_by_vocabulary_size_when_not_set():
+    small = TokenLoss(DFT(), chunk_size=None)
+    small_model = micro_llama(vocab_size=64)
+    input_ids, targets = _token_loss_inputs(small_model)
+    small(small_model, input_ids, None, targets)
+    assert small.chunked is False
+    large_model = micro_llama(vocab_size=32_768, dtype=torch.float32)
+    large = TokenLoss(DFT(), chunk_size=None)
+    input_ids, targets = _token_loss_inputs(large_model)
+    with torch.inference_mode():  # what standalone validate runs under
+        loss_sum, log_probs, _ = large(large_model, input_ids, None, targets)
+    assert large.chunked is True and torch.isfinite(loss_sum)
+    torch.testing.assert_close(log_probs, _naive_log_probs(large_model, input_ids, targets).float(), atol=1e-4, rtol=0)

@@ -6,6 +6,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_dft.export import ensure_writable_dir, export_pretrained
+from lit_dft.strategies import full_state_dict
 
 
 class ExportOnFitEnd(Callback):
@@ -23,6 +24,7 @@ class ExportOnFitEnd(Callback):
             ensure_writable_dir(self.dirpath)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        weights = full_state_dict(pl_module.model)  # every rank: gathering FSDP shards is a collective
         if trainer.is_global_zero:
-            out = export_pretrained(pl_module.model, pl_module.tokenizer, self.dirpath)
+            out = export_pretrained(pl_module.model, pl_module.tokenizer, self.dirpath, weights)
             rank_zero_info(f"Exported the model to {out}")

@@ -14,10 +14,11 @@ class PredictionWriter(Callback):
     """One line per sample: benchmark, problem id, gold, generation, extracted answer, correct, reason.
 
     Args:
-        path: output file; with several processes each rank writes ``<stem>.rank<N><suffix>``.
+        path: output file; ``None`` writes ``predictions.jsonl`` in the run's log folder (beside its events and
+            ``config.yaml``). With several processes each rank writes ``<stem>.rank<N><suffix>``.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | None = None) -> None:
         self.path = path
         self._records: list[dict] = []
 
@@ -26,7 +27,7 @@ class PredictionWriter(Callback):
             self._records.extend(r for r in outputs if isinstance(r, dict) and "generation" in r)
 
     def _write(self, trainer: Trainer) -> None:
-        path = Path(self.path)
+        path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl")
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,15 @@ import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lit_dft.strategies import FSDP2Strategy
+
 
 class TokenThroughput(Callback):
     """Every ``every_n_steps`` optimiser steps logs ``perf/tokens_per_s``, ``perf/target_tokens_per_s``
     (summed over ranks) and ``perf/mfu`` (model FLOPs utilisation, 6 FLOPs per parameter per token;
-    only on devices whose peak FLOPs Lightning knows, i.e. not on CPUs).
+    only on devices whose peak FLOPs Lightning knows, i.e. not on CPUs). The peak is that of the dtype the
+    matrix products run in: FSDP2's ``param_dtype`` or the trainer's precision. Time spent in validation
+    (and the probe and checkpointing that follow it) does not count.
 
     Args:
         every_n_steps: optimiser steps per measurement window.
@@ -25,47 +29,59 @@ class TokenThroughput(Callback):
         self._start: float | None = None
         self._peak_flops: float | None = None
         self._step_at_batch_start = 0
+        self._paused_at: float | None = None
+        self._clock = time.perf_counter
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        dtype = next(pl_module.parameters()).dtype
-        if trainer.precision.startswith("bf16"):
-            dtype = torch.bfloat16
-        elif trainer.precision.startswith("16"):
-            dtype = torch.float16
-        self._peak_flops = get_available_flops(pl_module.device, dtype)
+        self._peak_flops = get_available_flops(pl_module.device, compute_dtype(trainer, pl_module))
         self._params = sum(p.numel() for p in pl_module.parameters())
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._start is not None and not trainer.sanity_checking:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)  # the training work queued so far belongs to training
+            self._paused_at = self._clock()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._step_at_batch_start = trainer.global_step
+        if self._paused_at is not None:  # validation, the probe and checkpointing since the pause do not count
+            self._start += self._clock() - self._paused_at
+            self._paused_at = None
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._start is None:
-            self._start = time.perf_counter()
+            self._start = self._clock()
             self._counts = torch.zeros(2, device=pl_module.device)
             return  # the first batch carries warm-up costs: start the clock after it
-        tokens = (
+        batch_tokens = (
             batch["attention_mask"].sum() if "attention_mask" in batch else torch.tensor(batch["input_ids"].numel())
         )
-        targets = (
+        batch_targets = (
             outputs["target_mask"].sum() if isinstance(outputs, dict) and "target_mask" in outputs else torch.tensor(0)
         )
-        self._counts += torch.stack([tokens, targets]).to(self._counts)
+        self._counts += torch.stack([batch_tokens, batch_targets]).to(self._counts)
         step_done = trainer.global_step > self._step_at_batch_start
         if step_done and trainer.global_step % self.every_n_steps == 0:
-            totals = trainer.strategy.reduce(self._counts, reduce_op="sum")
-            seconds = time.perf_counter() - self._start
-            metrics = {
-                "perf/tokens_per_s": float(totals[0]) / seconds,
-                "perf/target_tokens_per_s": float(totals[1]) / seconds,
-            }
+            tokens, targets = trainer.strategy.reduce(self._counts, reduce_op="sum").tolist()  # waits for the GPU
+            seconds = self._clock() - self._start
+            metrics = {"perf/tokens_per_s": tokens / seconds, "perf/target_tokens_per_s": targets / seconds}
             if self._peak_flops:
-                metrics["perf/mfu"] = (
-                    6 * self._params * float(totals[0]) / seconds / (self._peak_flops * trainer.world_size)
-                )
+                metrics["perf/mfu"] = 6 * self._params * tokens / seconds / (self._peak_flops * trainer.world_size)
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=trainer.global_step)
             self._counts.zero_()
-            self._start = time.perf_counter()
+            self._start = self._clock()
+
+
+def compute_dtype(trainer: Trainer, pl_module: LightningModule) -> torch.dtype:
+    """The dtype the matrix products run in: FSDP2's ``param_dtype``, else the precision's, else the weights'."""
+    if isinstance(trainer.strategy, FSDP2Strategy) and trainer.strategy.policy.param_dtype is not None:
+        return trainer.strategy.policy.param_dtype
+    if str(trainer.precision).startswith("bf16"):
+        return torch.bfloat16
+    if str(trainer.precision).startswith("16"):
+        return torch.float16
+    return next(pl_module.parameters()).dtype

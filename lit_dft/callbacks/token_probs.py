@@ -69,12 +69,6 @@ class TokenProbabilityHistogram(_CategorisedCounts):
         if window_done and logging_step and self.stats is not None:
             self._log(trainer, "train", self._window_step)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"every_n_steps": self.every_n_steps}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.every_n_steps = state_dict["every_n_steps"]
-
 
 class ProbeTokenProbabilities(_CategorisedCounts):
     """The target-token distribution over a fixed probe set: before training (the base model, step 0)
@@ -123,11 +117,13 @@ class ProbeTokenProbabilities(_CategorisedCounts):
         was_training = pl_module.training
         pl_module.eval()
         # Every rank runs the same number of forwards (a sharded model needs all ranks in each one);
-        # a rank whose share has run out measures the first probe row and does not count it.
+        # a rank whose share has run out measures the first probe row and does not count it. The forwards
+        # run in the trainer's precision context (autocast under bf16-mixed), as validation does.
         for start in range(0, math.ceil(len(probe) / trainer.world_size), self.batch_size):
             share = rows[start : start + self.batch_size]
             batch = {k: v.to(pl_module.device) for k, v in collate(share or probe[:1]).items()}
-            out = pl_module.token_losses(batch)
+            with trainer.precision_plugin.val_step_context():
+                out = pl_module.token_losses(batch)
             if share:
                 self._count(pl_module, out["target_log_probs"], out["target_mask"], batch["labels"])
         if self.stats is None:  # this rank had no rows: still join the all-reduce
@@ -142,9 +138,3 @@ class ProbeTokenProbabilities(_CategorisedCounts):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._measure(trainer, pl_module)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"num_examples": self.num_examples, "source": self.source, "seed": self.seed}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.__dict__.update(state_dict)

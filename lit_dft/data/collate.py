@@ -55,4 +55,5 @@ class PromptCollator:
             "ids": [row["id"] for row in rows],
             "questions": [row["question"] for row in rows],
             "answers": [row["answers"] for row in rows],
+            "counted": [row.get("counted", True) for row in rows],
         }

@@ -15,7 +15,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from lit_dft.data.collate import PadCollator, PromptCollator
 from lit_dft.data.formatting import BOXED_INSTRUCTION, PromptFormatter, PromptStyle, gsm8k_to_boxed
 from lit_dft.data.presets import Preset, read_row, required_columns, resolve_preset
-from lit_dft.data.sampler import EpochShuffleSampler
+from lit_dft.data.sampler import CountedRows, EpochShuffleSampler, PaddedShards
 from lit_dft.data.sources import load_champ, load_hub, load_local
 from lit_dft.errors import LitDFTError
 from lit_dft.models import EMBEDDED_MODEL, load_tokenizer
@@ -191,6 +191,8 @@ class MathDataModule(LightningDataModule):
             )
         source = self.path or str(self.preset)
         rows = self._normalise(self._raw(self.path), source)
+        if len(rows) == 0:
+            raise LitDFTError(f"{source}: no training examples left after filtering ({self._summary()})")
         if self.limit is not None and self.limit < len(rows):
             rows = (
                 rows.shuffle(seed=self.seed).select(range(self.limit))
@@ -199,6 +201,8 @@ class MathDataModule(LightningDataModule):
             )
         if self.val_path is not None:
             train_rows, val_rows = rows, self._normalise(load_local(self.val_path), self.val_path)
+            if len(val_rows) == 0:
+                raise LitDFTError(f"{self.val_path}: no validation examples left after filtering ({self._summary()})")
         elif self.val_split:
             if not (0 < self.val_split < 1 or 1 <= self.val_split < len(rows)):
                 raise LitDFTError(
@@ -215,6 +219,8 @@ class MathDataModule(LightningDataModule):
         rank_zero_info(f"{source}: " + ", ".join(f"{k} {v}" for k, v in self.report.items()))
         if len(self.train_set) == 0:
             raise LitDFTError(f"{source}: no training examples left after filtering ({self._summary()})")
+        if self.val_set is not None and len(self.val_set) == 0:
+            raise LitDFTError(f"{self.val_path or source}: no validation examples fit max_length ({self._summary()})")
 
     def _setup_benchmarks(self) -> None:
         """Prompts and gold answers of every eval set; problems without a question or gold answer are counted."""
@@ -226,7 +232,7 @@ class MathDataModule(LightningDataModule):
             if not preset.answer:
                 raise LitDFTError(f"Benchmark {label!r} has no gold answers (its preset names no answer column)")
             raw = self._raw(spec.path, preset, label)
-            columns = [c for c in (preset.messages or preset.question, preset.answer) if c not in raw.column_names]
+            columns = [c for c in required_columns(preset, solution=False) if c not in raw.column_names]
             if columns:
                 raise LitDFTError(
                     f"{label}: missing column(s) {', '.join(columns)}; the columns are: {', '.join(raw.column_names)}"
@@ -271,10 +277,13 @@ class MathDataModule(LightningDataModule):
         return self._loader(self.train_set, self.batch_size, sampler, loader_class=StatefulDataLoader)
 
     def _benchmark_loaders(self) -> list[DataLoader]:
+        """Each problem answered exactly once over all ranks, with the same number of batches on every rank."""
+        ranks = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         return [
             DataLoader(
-                problems,
+                CountedRows(problems),
                 batch_size=self.eval_batch_size or self.batch_size,
+                sampler=PaddedShards(len(problems), *ranks),
                 num_workers=self.num_workers,
                 collate_fn=PromptCollator(self.tokenizer.pad_token_id, label),
             )

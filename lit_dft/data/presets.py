@@ -11,7 +11,9 @@ or in Python with ``PRESETS["mine"] = Preset(...)``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from string import Formatter
 from typing import Any, Literal
 
 from lit_dft.errors import LitDFTError
@@ -25,11 +27,12 @@ class Preset:
     """How to read one data set."""
 
     question: str = "question"
-    """Field with the problem statement."""
+    """Field with the problem statement, or a template joining fields, e.g. ``"{Body} {Question}"``."""
     solution: str | None = "solution"
     """Field with the reference solution, the training target (a string or a list of steps). None: evaluation only."""
     answer: str | None = "answer"
-    """Field the final answer is read from (see ``answer_format``). None: no gold answer."""
+    """Field the final answer is read from (see ``answer_format``). None: no gold answer. A unit in parentheses
+    at the end of a gold answer ("9 (apples)") is dropped, so a boxed 9 counts as correct."""
     answer_format: AnswerFormat = "text"
     """How to read the answer field: ``text`` as is, ``boxed`` its last \\boxed{}, ``gsm8k`` after ``####``,
     ``answer_is`` after "The answer is:", ``list`` a list of answers that must all match."""
@@ -83,10 +86,25 @@ def resolve_preset(preset: str | Preset | dict[str, Any]) -> Preset:
     return PRESETS[preset]
 
 
-def required_columns(preset: Preset) -> list[str]:
-    if preset.messages:
-        return [preset.messages] + ([preset.answer] if preset.answer else [])
-    return [c for c in (preset.question, preset.solution, preset.answer) if c]
+def question_columns(preset: Preset) -> list[str]:
+    """The fields the question comes from: one field, or those a template names."""
+    if "{" not in preset.question:
+        return [preset.question]
+    try:
+        fields = [name for _, name, _, _ in Formatter().parse(preset.question) if name is not None]
+    except ValueError as error:
+        raise LitDFTError(f"Question template {preset.question!r} is malformed: {error}") from None
+    if not fields or not all(fields):
+        raise LitDFTError(f"Question template {preset.question!r} names no field, e.g. '{{Body}} {{Question}}'")
+    return list(dict.fromkeys(fields))
+
+
+def required_columns(preset: Preset, solution: bool = True) -> list[str]:
+    """The columns a data set must have for this preset (without the solution for evaluation)."""
+    columns = [preset.messages] if preset.messages else question_columns(preset)
+    columns += [preset.solution] if solution and preset.solution and not preset.messages else []
+    columns += [preset.answer] if preset.answer else []
+    return list(dict.fromkeys(columns))  # a field can serve twice (GSM8K's answer is also its solution)
 
 
 def _text(value: Any, numbers: bool = False) -> str | None:
@@ -106,6 +124,22 @@ def _from_messages(messages: Any) -> tuple[str | None, str | None]:
     return (_text(user[0]) if user else None), (_text(assistant[-1]) if assistant else None)
 
 
+_TRAILING_UNIT = re.compile(r"^(?P<value>.*\S)\s+\((?P<unit>[A-Za-z][A-Za-z .]*)\)$")
+
+
+def strip_unit(answer: str) -> str:
+    """``9 (apples)`` -> ``9``: a parenthesised unit made of words after the value is not part of the answer."""
+    match = _TRAILING_UNIT.match(answer.strip())
+    return match["value"] if match else answer
+
+
+def _question(row: dict[str, Any], preset: Preset) -> str | None:
+    if "{" not in preset.question:
+        return _text(row.get(preset.question))
+    parts = {name: _text(row.get(name), numbers=True) for name in question_columns(preset)}
+    return None if None in parts.values() else preset.question.format(**parts)
+
+
 def gold_answers(preset: Preset, row: dict[str, Any]) -> list[str]:
     """The gold answers of a row (several only for ``list`` answers); empty when there is none."""
     if not preset.answer:
@@ -114,13 +148,13 @@ def gold_answers(preset: Preset, row: dict[str, Any]) -> list[str]:
     if preset.answer_format == "list":
         values = value if isinstance(value, list) else [value]
         answers = [_text(v, numbers=True) for v in values]
-        return answers if answers and all(answers) else []
+        return [strip_unit(a) for a in answers] if answers and all(answers) else []
     text = _text(value, numbers=True)
     if text is None:
         return []
     readers = {"text": lambda t: t, "boxed": last_boxed, "gsm8k": gsm8k_answer, "answer_is": _answer_is}
     answer = readers[preset.answer_format](text)
-    return [answer] if answer else []
+    return [strip_unit(answer)] if answer else []
 
 
 def read_row(row: dict[str, Any], preset: Preset) -> dict[str, Any]:
@@ -128,7 +162,7 @@ def read_row(row: dict[str, Any], preset: Preset) -> dict[str, Any]:
     if preset.messages:
         question, solution = _from_messages(row.get(preset.messages))
     else:
-        question = _text(row.get(preset.question))
+        question = _question(row, preset)
         solution = _text(row.get(preset.solution)) if preset.solution else ""
     skip = "" if question else "empty or non-string question"
     if not skip and solution is None:

@@ -14,26 +14,50 @@ from lit_dft.errors import LitDFTError
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def _json_error(path: Path, lineno: int, error: json.JSONDecodeError, what: str) -> LitDFTError:
+    return LitDFTError(f"{path}:{lineno}: {what} ({error.msg.removesuffix(' at')} at column {error.colno})")
+
+
 def _check_json(path: Path) -> None:
-    """Fail on a malformed JSON file with its path and line, before pyarrow fails obscurely."""
-    with path.open(encoding="utf-8") as handle:
-        head = handle.read(1).strip()
-        handle.seek(0)
-        if path.suffix == ".json" and head == "[":
+    """Fail on a malformed JSON file with its path and line, before pyarrow fails obscurely.
+
+    Reads bytes line by line (any size), accepts a UTF-8 byte-order mark, skips blank lines.
+    """
+    rows = 0
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
             try:
-                json.load(handle)
-            except json.JSONDecodeError as error:
-                raise LitDFTError(f"{path}:{error.lineno}: malformed JSON ({error.msg})") from None
-            return
-        for lineno, line in enumerate(handle, start=1):
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise LitDFTError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
+            if rows == 0 and path.suffix == ".json" and line.lstrip().startswith("["):
+                _check_json_array(path)
+                return
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise LitDFTError(f"{path}:{lineno}: malformed JSON line ({error.msg})") from None
+                raise _json_error(path, lineno, error, "malformed JSON line") from None
             if not isinstance(row, dict):
                 raise LitDFTError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            rows += 1
+    if rows == 0:
+        raise LitDFTError(f"{path}: no rows (the file is empty or holds only blank lines)")
+
+
+def _check_json_array(path: Path) -> None:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as error:
+        raise _json_error(path, error.lineno, error, "malformed JSON") from None
+    except UnicodeDecodeError as error:
+        raise LitDFTError(f"{path}: not UTF-8 text (byte offset {error.start}); save the file as UTF-8") from None
+    if not rows:
+        raise LitDFTError(f"{path}: no rows (an empty JSON array)")
 
 
 def load_local(path: str | Path) -> datasets.Dataset:
@@ -51,7 +75,16 @@ def load_local(path: str | Path) -> datasets.Dataset:
     if builder == "json":
         for file in files:
             _check_json(file)
-    return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    try:
+        rows = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    except Exception as error:  # pyarrow, pandas and datasets raise many types for unreadable files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "corresponds to no data" in reason:
+            raise LitDFTError(f"{path}: no rows") from None
+        raise LitDFTError(f"Cannot read {path} as {builder}: {reason}") from None
+    if len(rows) == 0:
+        raise LitDFTError(f"{path}: no rows")
+    return rows
 
 
 def load_hub(preset: Preset, name: str) -> datasets.Dataset:

@@ -5,11 +5,12 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_dft.callbacks import TokenCategories, TokenProbabilityHistogram
+from lit_dft.callbacks import ProbeTokenProbabilities, TokenCategories, TokenProbabilityHistogram
 from lit_dft.callbacks.token_stats import ProbabilityCounts, paper_bin_labels
 from lit_dft.cli import main
 from lit_dft.data import MathDataModule
 from lit_dft.models import TINY_MODEL, load_tokenizer
+from lit_dft.module import CausalLMModule
 from tests.conftest import smoke_run_dir
 from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
 
@@ -138,3 +139,37 @@ def test_plot_polarization_writes_png_and_csv_for_two_runs(tmp_path, tmp_path_fa
     assert rows[0] == ["bin", "base", "SFT", "DFT"] and len(rows) == 14
     for series in range(1, 4):
         assert sum(float(row[series]) for row in rows[1:]) == pytest.approx(100.0, abs=1e-2)
+
+
+def test_callbacks_keep_their_configured_settings_on_resume():
+    """A checkpoint holds state, not settings: a resumed run uses what its YAML says now."""
+    histogram = TokenProbabilityHistogram(every_n_steps=3)
+    histogram.load_state_dict(TokenProbabilityHistogram(every_n_steps=10).state_dict())
+    assert histogram.every_n_steps == 3
+    probe = ProbeTokenProbabilities(num_examples=8, source="val", seed=1)
+    probe.load_state_dict(ProbeTokenProbabilities(num_examples=64).state_dict())
+    assert (probe.num_examples, probe.source, probe.seed) == (8, "val", 1)
+
+
+class _AutocastRecorder(CausalLMModule):
+    def __init__(self) -> None:
+        super().__init__(TINY_MODEL, loss="dft")
+        self.probe_autocast: list[bool] = []
+
+    def token_losses(self, batch):
+        if not self.training:  # the probe measures in eval mode
+            self.probe_autocast.append(torch.is_autocast_enabled("cpu"))
+        return super().token_losses(batch)
+
+
+def test_probe_measures_under_the_trainer_precision(tmp_path):
+    module = _AutocastRecorder()
+    data = MathDataModule(tokenizer_name_or_path=TINY_MODEL, limit=8, max_length=128, batch_size=4)
+    trainer = quiet_trainer(
+        max_steps=1,
+        precision="bf16-mixed",
+        logger=TensorBoardLogger(tmp_path, name=""),
+        callbacks=[ProbeTokenProbabilities(num_examples=4, batch_size=4)],
+    )
+    trainer.fit(module, data)
+    assert module.probe_autocast == [True]

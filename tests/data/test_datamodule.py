@@ -223,3 +223,97 @@ def test_overlong_prompts_dropped_and_responses_truncated_or_dropped(shared_data
 def test_empty_after_filtering_says_why(shared_data):
     with pytest.raises(LitDFTError, match="no training examples left.*dropped: prompt reaches max_length: 5"):
         _module(preset="gsm8k", path=str(shared_data / "gsm8k/train.jsonl"), limit=5, max_length=20).setup("fit")
+
+
+@pytest.mark.parametrize(
+    "rows, preset",
+    [
+        ([{"question": "q", "solution": None}] * 3, Preset(answer=None)),
+        ([{"messages": [{"role": "user", "content": "q"}]}] * 2, Preset(messages="messages", answer=None)),
+    ],
+    ids=["null solutions", "no assistant turn"],
+)
+def test_a_file_whose_every_row_is_skipped_says_so(tmp_path, rows, preset):
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(LitDFTError, match=r"d.jsonl: no training examples left after filtering \(rows: \d, skipped"):
+        _module(preset=preset, path=str(data)).setup("fit")
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.jsonl", b"", r"empty.jsonl: no rows"),
+        ("blank.jsonl", b"\n  \n\n", r"blank.jsonl: no rows"),
+        (
+            "latin1.jsonl",
+            b'{"question": "q", "solution": "s"}\n{"question": "caf\xe9", "solution": "s"}\n',
+            r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9",
+        ),
+        ("empty.json", b"[]", r"empty.json: no rows"),
+        ("empty.csv", b"", r"Cannot read .*empty.csv as csv"),
+        ("header.csv", b"question,solution\n", r"header.csv: no rows"),
+        ("bad.parquet", b"not parquet", r"Cannot read .*bad.parquet as parquet"),
+        (
+            "control.jsonl",
+            b'{"question": "a\tb", "solution": "s"}\n',
+            r"control.jsonl:1: malformed JSON line \(Invalid control character at column 16\)",
+        ),
+    ],
+)
+def test_unreadable_files_get_one_line_naming_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(LitDFTError, match=message):
+        _module(preset=Preset(answer=None), path=str(tmp_path / name)).setup("fit")
+
+
+def test_a_utf8_byte_order_mark_is_read_as_the_utf8_it_is(tmp_path):
+    rows = "\n".join(json.dumps({"question": f"q{i}", "solution": f"s{i}"}) for i in range(3))
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + rows.encode() + b"\n\n")
+    dm = _module(preset=Preset(answer=None), path=str(tmp_path / "bom.jsonl"))
+    dm.setup("fit")
+    assert len(dm.train_set) == 3
+
+
+def test_missing_columns_are_listed_once(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"problem": "q", "text": "s"}) + "\n")
+    with pytest.raises(LitDFTError, match=r"missing column\(s\) question, answer; the columns are: problem, text$"):
+        _module(preset="gsm8k", path=str(data)).setup("fit")
+
+
+def test_question_template_joins_columns_and_gold_units_are_dropped(tmp_path):
+    from lit_dft.data.datamodule import EvalSet
+    from lit_dft.evaluation import AnswerChecker
+
+    data = tmp_path / "story.jsonl"
+    rows = [
+        {"Body": "Tom has 4 apples and buys 5 more.", "Question": "How many apples has he?", "Answer": "9 (apples)"},
+        {"Body": "A box holds 3 pens.", "Question": "How many pens in 2 boxes?", "Answer": 6},
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    preset = {"question": "{Body} {Question}", "solution": None, "answer": "Answer"}
+    dm = _module(eval_sets=[EvalSet(preset, str(data), name="story")])
+    dm.setup("test")
+    problems = dm.eval_data["story"]
+    assert [p["question"] for p in problems] == [f"{r['Body']} {r['Question']}" for r in rows]
+    assert [p["answers"] for p in problems] == [["9"], ["6"]]
+    checker = AnswerChecker()
+    try:
+        assert checker.check("9", problems[0]["answers"]).correct
+        assert not checker.check("90", problems[0]["answers"]).correct
+    finally:
+        checker.close()
+    missing = _module(eval_sets=[EvalSet({**preset, "question": "{Body} {Query}"}, str(data), name="story")])
+    with pytest.raises(LitDFTError, match=r"missing column\(s\) Query"):
+        missing.setup("test")
+
+
+@pytest.mark.parametrize(
+    "gold, expected",
+    [("9 (apples)", "9"), ("12.5 (square meters)", "12.5"), ("(1, 2)", "(1, 2)"), ("f(x)", "f(x)"), ("x (1)", "x (1)")],
+)
+def test_only_a_trailing_word_unit_is_stripped(gold, expected):
+    from lit_dft.data.presets import strip_unit
+
+    assert strip_unit(gold) == expected

@@ -46,7 +46,7 @@ def _run_with_stand_in(monkeypatch, emit) -> dict[str, dict]:
     data.setup("test")
     module = CausalLMModule(TINY_MODEL)
 
-    def fake_generate(model, tokenizer, batch, sampling):
+    def fake_generate(model, tokenizer, batch, sampling, should_stop=None):
         texts = []
         for i, problem_id in enumerate(batch["ids"]):
             source = next(
@@ -134,8 +134,33 @@ def test_lit_dft_test_end_to_end_writes_accuracies_and_predictions(tmp_path):
 
 
 def test_checkpoint_of_another_model_is_reported(tmp_path_factory):
-    (ckpt,) = smoke_run_dir("dft", tmp_path_factory).rglob("*.ckpt")
+    (ckpt,) = smoke_run_dir("dft", tmp_path_factory).rglob("last.ckpt")
     module = CausalLMModule("smollm2-135m-instruct")
     module.configure_model()
     with pytest.raises(LitDFTError, match="Checkpoint does not match model"):
         module.on_load_checkpoint(torch.load(ckpt, weights_only=True))
+
+
+def test_two_processes_answer_each_problem_exactly_once(tmp_path, shared_data):
+    """3 problems on 2 ranks: Lightning's sampler would pad to 4 and count one twice."""
+    import lightning.pytorch as L
+
+    from lit_dft.callbacks import PredictionWriter
+
+    data = MathDataModule(
+        tokenizer_name_or_path=TINY_MODEL,
+        eval_sets=[EvalSet("aime24", str(shared_data / "aime24/test.jsonl"), limit=3)],
+        eval_batch_size=1,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[PredictionWriter(str(tmp_path / "p.jsonl"))],
+    )
+    trainer.test(CausalLMModule(TINY_MODEL, max_new_tokens=2), data)
+    assert trainer.callback_metrics["test/aime24/problems"] == 3
+    records = [json.loads(line) for rank in (0, 1) for line in (tmp_path / f"p.rank{rank}.jsonl").open()]
+    assert sorted(r["id"] for r in records) == sorted({r["id"] for r in records}) and len(records) == 3

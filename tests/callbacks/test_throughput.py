@@ -1,0 +1,74 @@
+from types import SimpleNamespace
+
+import torch
+from lightning.pytorch.loggers import Logger
+
+from lit_dft.callbacks import TokenThroughput
+from lit_dft.callbacks.throughput import compute_dtype
+from lit_dft.strategies import FSDP2Strategy
+from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
+
+
+class _Clock:
+    """A clock the test moves: one second per training batch, a hundred per validation batch."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _TimedModule(MicroModule):
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def training_step(self, batch, batch_idx):
+        self.clock.now += 1.0
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self.clock.now += 100.0
+        return super().validation_step(batch, batch_idx)
+
+
+class _MemoryLogger(Logger):
+    name, version = "memory", 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: dict[int, dict[str, float]] = {}
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.metrics.setdefault(step, {}).update(metrics)
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def test_tokens_per_second_leave_out_validation_time():
+    clock, logger = _Clock(), _MemoryLogger()
+    throughput = TokenThroughput(every_n_steps=2)
+    throughput._clock = clock
+    module = _TimedModule(clock)
+    module.configure_model()
+    rows = uneven_rows()
+    trainer = quiet_trainer(
+        max_steps=4, precision="64-true", logger=logger, callbacks=[throughput], val_check_interval=2
+    )
+    trainer.fit(module, loader(rows, 2), loader(rows[:2], 2))
+    batches = list(loader(rows, 2))
+    second_window = sum(int(b["attention_mask"].sum()) for b in batches[2:4])  # two 1-second batches
+    assert logger.metrics[4]["perf/tokens_per_s"] == second_window / 2.0
+    first_window = int(batches[1]["attention_mask"].sum())  # the clock starts after the first batch
+    assert logger.metrics[2]["perf/tokens_per_s"] == first_window / 1.0
+
+
+def test_mfu_peak_is_that_of_the_compute_dtype():
+    module = torch.nn.Linear(2, 2)
+    fsdp_bf16 = SimpleNamespace(strategy=FSDP2Strategy(param_dtype="bfloat16"), precision="32-true")
+    assert compute_dtype(fsdp_bf16, module) == torch.bfloat16
+    assert compute_dtype(SimpleNamespace(strategy=None, precision="bf16-mixed"), module) == torch.bfloat16
+    assert compute_dtype(SimpleNamespace(strategy=None, precision="16-mixed"), module) == torch.float16
+    assert compute_dtype(SimpleNamespace(strategy=FSDP2Strategy(), precision="32-true"), module) == torch.float32
