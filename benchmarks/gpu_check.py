@@ -91,6 +91,29 @@ class StepClock(L.Callback):
         return (self.marks[-1] - self.marks[0]) / (len(self.marks) - 1)
 
 
+class EvalClock(L.Callback):
+    """Seconds from the first evaluation batch's start to the last one's end (set-up left out)."""
+
+    def __init__(self) -> None:
+        self.start = self.end = None
+
+    def _start(self, *args) -> None:
+        if self.start is None:
+            _sync()
+            self.start = time.perf_counter()
+
+    def _end(self, *args) -> None:
+        _sync()
+        self.end = time.perf_counter()
+
+    on_validation_batch_start = on_test_batch_start = _start
+    on_validation_batch_end = on_test_batch_end = _end
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -130,24 +153,26 @@ def lit_dft_fit(setup: dict, shape: dict, tokenizer, rows: list[dict], batch: in
     clock = StepClock(warmup)
     module = RandomQwen(shape, tokenizer, loss="dft", loss_chunk_size=setup.get("chunk"))
     trainer = _trainer(accelerator, warmup + steps, [clock], precision=setup["precision"], **setup.get("trainer", {}))
-    data = DataLoader(rows, batch_size=batch, shuffle=False, collate_fn=PadCollator(tokenizer.pad_token_id))
-    trainer.fit(module, data)
+    collate = PadCollator(tokenizer.pad_token_id)
+    data = DataLoader(rows, batch_size=batch, shuffle=False, collate_fn=collate)
+    val = DataLoader(rows[:batch], batch_size=batch, collate_fn=collate) if setup.get("validate") else None
+    trainer.fit(module, data, val)  # validation, if any, runs after the last timed step
     tokens = batch * len(rows[0]["input_ids"])
-    return {"tokens_per_s": tokens / clock.seconds_per_step, "chunked": module.token_loss.chunked}
+    result = {"tokens_per_s": tokens / clock.seconds_per_step, "chunked": module.token_loss.chunked}
+    return result | ({"val/nll": float(trainer.callback_metrics["val/nll"])} if val else {})
 
 
 def lit_dft_validate(shape: dict, tokenizer, rows: list[dict], batch: int) -> dict:
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     module = RandomQwen(shape, tokenizer, loss="dft")
-    trainer = _trainer(accelerator, 1, [], precision="bf16-mixed" if accelerator == "gpu" else "32-true")
+    clock = EvalClock()
+    trainer = _trainer(accelerator, 1, [clock], precision="bf16-mixed" if accelerator == "gpu" else "32-true")
     data = DataLoader(rows, batch_size=batch, collate_fn=PadCollator(tokenizer.pad_token_id))
     trainer.validate(module, data)  # warm-up
-    _sync()
-    start = time.perf_counter()
+    clock.start = None
     (metrics,) = trainer.validate(module, data)
-    _sync()
     tokens = len(rows) * len(rows[0]["input_ids"])
-    return {"tokens_per_s": tokens / (time.perf_counter() - start), "val/nll": metrics["val/nll"]}
+    return {"tokens_per_s": tokens / clock.seconds, "val/nll": metrics["val/nll"]}
 
 
 def lit_dft_test(shape: dict, tokenizer, problems: int, new_tokens: int) -> dict:
@@ -164,13 +189,11 @@ def lit_dft_test(shape: dict, tokenizer, problems: int, new_tokens: int) -> dict
         for i in range(problems)
     ]
     data = DataLoader(rows, batch_size=problems, collate_fn=PromptCollator(tokenizer.pad_token_id, "random"))
-    trainer = _trainer(accelerator, 1, [], precision="bf16-mixed" if accelerator == "gpu" else "32-true")
-    _sync()
-    start = time.perf_counter()
+    clock = EvalClock()
+    trainer = _trainer(accelerator, 1, [clock], precision="bf16-mixed" if accelerator == "gpu" else "32-true")
     trainer.test(module, data, verbose=False)
-    _sync()
     module.checker.close()
-    return {"generated_tokens_per_s": problems * new_tokens / (time.perf_counter() - start)}
+    return {"generated_tokens_per_s": problems * new_tokens / clock.seconds}
 
 
 def trl_fit(shape: dict, tokenizer, rows: list[dict], batch: int, warmup: int, steps: int, liger: bool) -> dict:
@@ -227,7 +250,8 @@ FIT_SETUPS = {
     "lit_dft full logits, fp32 master + bf16 autocast": {"precision": "bf16-mixed", "chunk": 0},
     "lit_dft chunked, bf16 weights (bf16-true)": {"precision": "bf16-true"},
 }
-FSDP2_SETUP = {
+FSDP2_SETUP = {  # validates after training: FSDP2 evaluation on one process (no inference mode)
+    "validate": True,
     "precision": "32-true",
     "trainer": {"strategy": FSDP2Strategy(param_dtype="bfloat16", reduce_dtype="float32")},
 }
@@ -286,7 +310,7 @@ def _row(name: str, result: dict, results: dict, params: int, peak: float | None
         return [name, "-", "-", "-", "-", result["error"]]
     speed = result.get("tokens_per_s") or result.get("generated_tokens_per_s")
     recipe = next(iter(results.values())).get("tokens_per_s")
-    training = "tokens_per_s" in result and "val/nll" not in result
+    training = "tokens_per_s" in result and "validate" not in name
     mfu = f"{6 * params * speed / peak:.1%}" if peak and training else "-"
     ratio = f"{speed / recipe:.2f}x" if recipe and training else "-"
     note = {k: v for k, v in result.items() if k not in ("tokens_per_s", "generated_tokens_per_s", "peak_gib")}

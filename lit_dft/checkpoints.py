@@ -11,8 +11,11 @@ import torch
 
 from lit_dft.errors import LitDFTError
 
-# Names Lightning resolves itself (``--ckpt_path last`` and friends), not files.
-LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+def is_local_checkpoint_path(path: str) -> bool:
+    """Whether ``path`` names a local file or folder, not a name Lightning resolves itself (``last``, ``best``,
+    ``hpc``, ``registry:...``) or a remote URL (``s3://...``)."""
+    return path not in ("last", "best", "hpc") and not path.startswith("registry") and "://" not in path
 
 
 def check_checkpoint(path: str | Path) -> Path:

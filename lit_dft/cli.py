@@ -7,20 +7,26 @@ belongs to Lightning's cloud SDK.
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 from typing import Any
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_dft.checkpoints import LIGHTNING_CKPT_NAMES, check_checkpoint
+from lit_dft.callbacks import ModelCheckpoint
+from lit_dft.checkpoints import check_checkpoint, is_local_checkpoint_path
 from lit_dft.data import MathDataModule
 from lit_dft.errors import LitDFTError
+from lit_dft.export import ensure_writable_dir
 from lit_dft.module import CausalLMModule
+
+# A full disk, a quota, a read-only or forbidden folder: one line, whichever save hits it.
+_STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class LitDFTCLI(LightningCLI):
@@ -29,15 +35,28 @@ class LitDFTCLI(LightningCLI):
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """``fit`` without a checkpoint callback of its own gets one that also saves when the run is interrupted
-        (SIGTERM from a scheduler, an exception) and keeps ``last.ckpt``, so ``--ckpt_path last`` resumes."""
+        """``fit`` whose config names no checkpoint callback gets lit_dft's ``ModelCheckpoint`` instead of
+        Lightning's default: ``last.ckpt`` holds the final state whatever ends the run (``max_steps`` between
+        validations, SIGTERM from a scheduler, Ctrl-C, an error), so ``--ckpt_path last`` resumes."""
+        configured = list(
+            self.config_init[self.subcommand]["trainer"].get("callbacks") or []
+        )  # before the Trainer adds to it
         trainer = super().instantiate_trainer(**kwargs)
-        if self.subcommand == "fit" and trainer.checkpoint_callback is not None:
-            default = trainer.checkpoint_callback
-            if default.save_last is None and not default.save_on_exception and type(default) is ModelCheckpoint:
-                default.save_last = True
-                default.save_on_exception = True
+        if self.subcommand == "fit" and not any(isinstance(c, LightningModelCheckpoint) for c in configured):
+            trainer.callbacks = [
+                ModelCheckpoint() if c is trainer.checkpoint_callback else c for c in trainer.callbacks
+            ]
         return trainer
+
+    def before_fit(self) -> None:
+        """Fail before training, not at the first save hours later, when checkpoints cannot be written."""
+        for callback in self.trainer.checkpoint_callbacks:
+            ensure_writable_dir(callback.dirpath or self.trainer.default_root_dir, what="checkpoints")
+
+    def after_fit(self) -> None:
+        last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
+        if last and self.trainer.is_global_zero:
+            print(f"Final weights: {last}\n  resume: --ckpt_path last    export: lit-dft export {last} OUT_DIR")
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` (one line for a missing, empty or truncated file), and take nothing from it but
@@ -45,7 +64,7 @@ class LitDFTCLI(LightningCLI):
         (``--model.num_samples 16`` for ``test``, say) with the ones saved in the checkpoint, without a word."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path is not None and path not in LIGHTNING_CKPT_NAMES:
+        if path is not None and is_local_checkpoint_path(path):
             check_checkpoint(path)
 
 
@@ -84,3 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     except SIGTERMException:
         print("lit-dft: stopped by SIGTERM", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
+    except OSError as error:
+        if error.errno not in _STORAGE_ERRORS:
+            raise
+        print(f"lit-dft: error: cannot write {error.filename or 'a file'}: {error.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None

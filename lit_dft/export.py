@@ -12,7 +12,8 @@ from lit_dft.errors import LitDFTError
 from lit_dft.models import load_tokenizer
 
 
-def ensure_writable_dir(out_dir: str | Path) -> Path:
+def ensure_writable_dir(out_dir: str | Path, what: str = "the export") -> Path:
+    """Create ``out_dir`` and write a probe file in it, so a bad path fails now, not after hours of training."""
     out = Path(out_dir).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -20,7 +21,7 @@ def ensure_writable_dir(out_dir: str | Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise LitDFTError(f"Cannot write the export to {out}: {error.strerror or error}") from None
+        raise LitDFTError(f"Cannot write {what} to {out}: {error.strerror or error}") from None
     return out
 
 

@@ -185,20 +185,26 @@ class CausalLMModule(LightningModule):
         optimizer.step(closure=closure)
 
     def _normalise_gradients(self) -> None:
+        """One all-reduce of the window's sums, its token count and whether any gradient shard is non-finite;
+        then one rescale. Under fp16 with a GradScaler an overflow is the scaler's to handle (it skips the step
+        and lowers the scale), so the gradients are rescaled as they are and no step is skipped here."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]  # FSDP2: this rank's shard
-        norm = torch.nn.utils.get_total_norm(local) if local else self._window.new_zeros(())
-        nonfinite = (~torch.isfinite(norm)).to(self._window).reshape(1)
+        # norms in at least float32: a float16 norm of large finite gradient sums would overflow to inf
+        norms = [torch.linalg.vector_norm(g, dtype=torch.promote_types(g.dtype, torch.float32)) for g in local]
+        finite = torch.stack([torch.isfinite(norm) for norm in norms]).all() if norms else torch.tensor(True)
+        nonfinite = (~finite).to(self._window).reshape(1)
         totals = self.trainer.strategy.reduce(torch.cat([self._window, nonfinite]), reduce_op="sum")
         self._window = None
-        if totals[-1] > 0 or not torch.isfinite(totals).all():  # the same verdict on every rank: all-reduced
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None and (totals[-1] > 0 or not torch.isfinite(totals).all()):  # same verdict on every rank
             self._skip_nonfinite_step()
             return
-        tokens = totals[-2].double().clamp(min=1.0)
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens  # float64: exact enough
+        tokens = max(float(totals[-2]), 1.0)
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens  # a Python (double) float
         for grad in grads:
-            grad.mul_(scale.to(grad.dtype))
-        means = totals[:-2] / tokens.to(totals)
+            grad.mul_(scale)
+        means = totals[:-2] / tokens
         for name, value in zip(_WINDOW_FIELDS, means):
             self.log(f"train/{name}", value, prog_bar=name == "loss", rank_zero_only=True)
         self.log("train/target_tokens", totals[-2], rank_zero_only=True)
@@ -240,7 +246,11 @@ class CausalLMModule(LightningModule):
     def _answer(self, batch: dict[str, Any]) -> list[dict]:
         """Generate k answers per problem, check them, update the benchmark's accuracy; the records go to callbacks."""
         texts = generate(self.model, self.tokenizer, batch, self.sampling, self._received_sigterm)
-        if self._received_sigterm():  # a scheduler's SIGTERM: stop now, without scoring cut-off answers
+        # A scheduler's SIGTERM: stop now, without scoring cut-off answers; every rank together (a collective),
+        # since a rank that went on into the next sharded generation would wait for the others forever.
+        if self._trainer is not None and self.trainer.strategy.reduce_boolean_decision(
+            self.trainer.received_sigterm, all=False
+        ):
             raise SIGTERMException
         correct, records = score(texts, batch, self.sampling.num_samples, self.checker)
         name = batch["benchmark"]

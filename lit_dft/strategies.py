@@ -119,6 +119,11 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     def setup(self, trainer: pl.Trainer) -> None:
+        # Evaluate under no_grad, not inference mode: FSDP2 on a single process fails on inference tensors
+        # ("Inference tensors do not track version counter"), as Lightning's FSDP1 strategy does for FSDP1.
+        loops = (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop, trainer.test_loop, trainer.predict_loop)
+        for loop in loops:
+            loop.inference_mode = False
         mesh = self.device_mesh["data_parallel"]
         for model in top_level_models(self.lightning_module):
             if not isinstance(model, FSDPModule):  # fit then test: shard once

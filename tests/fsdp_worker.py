@@ -48,6 +48,9 @@ def main(out: Path) -> None:
         callbacks=[recorder, export],
     )
     trainer.fit(module, loader(uneven_rows(), batch_size=2))
+    loops = (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop, trainer.test_loop, trainer.predict_loop)
+    assert not any(loop.inference_mode for loop in loops), "FSDP2 evaluates under no_grad (single-process FSDP2 fails"
+    # on inference tensors, and Lightning would use inference mode on NCCL)
     trainer.save_checkpoint(out / "fsdp.ckpt")
     if trainer.global_rank == 0:
         torch.save(recorder.weights, out / "weights.pt")

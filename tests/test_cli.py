@@ -200,7 +200,87 @@ def test_sigterm_ends_test_promptly_without_scoring_cut_off_answers(tmp_path):
         if line.startswith("Answering"):
             process.send_signal(signal.SIGTERM)
             break
-    rest, _ = process.communicate(timeout=120)  # 100,000 tokens per answer would take hours
+    try:
+        rest, _ = process.communicate(timeout=120)  # 100,000 tokens per answer would take hours
+    finally:
+        process.kill()
     assert process.returncode == 128 + signal.SIGTERM, "".join(output) + rest
     assert rest.strip().splitlines()[-1] == "lit-dft: stopped by SIGTERM"
     assert "test/acc" not in rest and not list(tmp_path.rglob("predictions.jsonl"))
+
+
+def test_fit_ending_between_validations_saves_its_final_weights(tmp_path, capsys):
+    from lit_dft.cli import LitDFTCLI
+    from lit_dft.data import MathDataModule
+    from lit_dft.module import CausalLMModule
+
+    args = ["fit", "--config", SMOKE, "--trainer.max_steps=13", f"--trainer.default_root_dir={tmp_path}"]
+    cli = LitDFTCLI(CausalLMModule, MathDataModule, args=args, seed_everything_default=42)
+    cli.after_fit()
+    (last,) = tmp_path.rglob("last.ckpt")  # validation ran at step 10 only
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 13
+    for name, value in cli.model.state_dict().items():
+        torch.testing.assert_close(checkpoint["state_dict"][name], value, rtol=0, atol=0, msg=name)
+    assert f"Final weights: {last}" in capsys.readouterr().out
+
+
+class InterruptAt(L.Callback):
+    """Ends fit at optimiser step ``step`` with Ctrl-C or an error, and keeps the live weights at that moment."""
+
+    weights: dict = {}
+
+    def __init__(self, step: int, kind: str) -> None:
+        self.step, self.kind = step, kind
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt if self.kind == "ctrl-c" else RuntimeError("a callback failed")
+
+    def on_exception(self, trainer, pl_module, exception):
+        InterruptAt.weights = {n: p.detach().clone() for n, p in pl_module.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["ctrl-c", "error"])
+def test_ctrl_c_or_an_error_in_a_callback_leaves_the_last_weights_on_disk(tmp_path_factory, tmp_path, kind):
+    args = ["fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}"]
+    interrupt = ["--trainer.callbacks+=tests.test_cli.InterruptAt", "--trainer.callbacks.step=7"]
+    with pytest.raises((SystemExit, RuntimeError)):
+        main([*args, *interrupt, f"--trainer.callbacks.kind={kind}"])
+    (last,) = tmp_path.rglob("last.ckpt")
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 7
+    for name, value in InterruptAt.weights.items():
+        torch.testing.assert_close(checkpoint["state_dict"][name], value, rtol=0, atol=0, msg=name)
+    if kind == "ctrl-c":  # resumes to the uninterrupted run's final weights
+        main([*args, "--ckpt_path=last"])
+        resumed = torch.load(max(tmp_path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime), weights_only=True)
+        (uninterrupted,) = smoke_run_dir("dft", tmp_path_factory).rglob("last.ckpt")
+        expected = torch.load(uninterrupted, weights_only=True)
+        assert resumed["global_step"] == expected["global_step"] == 20
+        for name, value in expected["state_dict"].items():
+            torch.testing.assert_close(resumed["state_dict"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_full_disk_at_the_first_save_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full_disk(checkpoint, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("lightning.fabric.plugins.io.torch_io._atomic_save", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMOKE, "--trainer.max_steps=3", f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    assert _last_line(capsys.readouterr().err).endswith(".ckpt: No space left on device")
+
+
+def test_unwritable_checkpoint_folder_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMOKE, f"--trainer.default_root_dir={blocker / 'runs'}"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert _last_line(captured.err).startswith(f"lit-dft: error: Cannot write checkpoints to {blocker / 'runs'}")
+    assert "train/loss" not in captured.out + captured.err

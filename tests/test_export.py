@@ -54,3 +54,11 @@ def test_unwritable_export_target_is_reported_and_checkpoint_untouched(smoke_run
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(LitDFTError, match="Checkpoint not found"):
         export_checkpoint(tmp_path / "none.ckpt", tmp_path / "out")
+
+
+def test_names_lightning_resolves_are_not_checked_as_local_files():
+    from lit_dft.checkpoints import is_local_checkpoint_path
+
+    for name in ("last", "best", "hpc", "registry", "registry:my-model:latest", "s3://bucket/run/last.ckpt"):
+        assert not is_local_checkpoint_path(name), name
+    assert is_local_checkpoint_path("runs/demo/last.ckpt")

@@ -234,3 +234,30 @@ def test_deepspeed_is_refused_with_a_reason():
     deepspeed = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # no deepspeed package needed to check the type
     with pytest.raises(LitDFTError, match="DeepSpeed is not supported.*fsdp2"):
         check_strategy(deepspeed)
+
+
+class _LossScaleOverflow(L.Callback):
+    """An inf in the scaled gradient: what an fp16 loss-scale overflow looks like."""
+
+    def on_after_backward(self, trainer, pl_module):
+        next(pl_module.parameters()).grad.view(-1)[0] = float("inf")
+
+
+def test_fp16_loss_scale_overflow_is_left_to_the_grad_scaler():
+    from lightning.pytorch.plugins import MixedPrecision
+
+    module = MicroModule(loss="sft")
+    module.configure_model()
+    module.model.float()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    trainer = quiet_trainer(
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        logger=False,
+        max_steps=2,
+        callbacks=[_LossScaleOverflow()],
+    )
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    trainer.fit(module, loader(uneven_rows(), 2))
+    assert scaler.get_scale() == 2.0**14, "the scaler saw both overflows and backed off twice"
+    assert all(torch.equal(before[n], p) for n, p in module.named_parameters()), "and skipped both steps"
+    assert module.skipped_steps == 0

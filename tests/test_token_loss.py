@@ -137,3 +137,15 @@ def test_chunking_is_decided_by_vocabulary_size_when_not_set():
         loss_sum, log_probs, _ = large(large_model, input_ids, None, targets)
     assert large.chunked is True and torch.isfinite(loss_sum)
     torch.testing.assert_close(log_probs, _naive_log_probs(large_model, input_ids, targets).float(), atol=1e-4, rtol=0)
+
+
+def test_a_slightly_scaled_head_is_caught_even_with_small_random_logits():
+    model = micro_llama(vocab_size=64)
+    scaled = _ScaledLlama(model.config).to(torch.float64)
+    scaled.load_state_dict(model.state_dict())
+    scaled.config.novel_logit_multiplier = 1.05
+    assert scaled(input_ids=torch.arange(8).unsqueeze(0)).logits.abs().max() < 1, "logits below 1: no clamp helps"
+    loss = TokenLoss(DFT(), chunk_size=5)
+    with pytest.warns(UserWarning, match="chunked loss is off"):
+        loss(scaled, *_token_loss_inputs(scaled)[:1], None, _token_loss_inputs(scaled)[1])
+    assert loss.chunked is False

@@ -1,5 +1,7 @@
-"""Callbacks for lit_dft runs: token-probability histograms, the probe set, throughput, predictions, export at the end of fit."""
+"""Callbacks for lit_dft runs: token-probability histograms, the probe set, throughput, predictions, checkpoints,
+export at the end of fit."""
 
+from lit_dft.callbacks.checkpoint import ModelCheckpoint
 from lit_dft.callbacks.export import ExportOnFitEnd
 from lit_dft.callbacks.predictions import PredictionWriter
 from lit_dft.callbacks.throughput import TokenThroughput
@@ -8,6 +10,7 @@ from lit_dft.callbacks.token_stats import TokenCategories
 
 __all__ = [
     "ExportOnFitEnd",
+    "ModelCheckpoint",
     "PredictionWriter",
     "ProbeTokenProbabilities",
     "TokenCategories",

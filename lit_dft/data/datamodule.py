@@ -278,7 +278,8 @@ class MathDataModule(LightningDataModule):
 
     def _benchmark_loaders(self) -> list[DataLoader]:
         """Each problem answered exactly once over all ranks, with the same number of batches on every rank."""
-        ranks = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        shards = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        ranks = (shards["num_replicas"], shards["rank"]) if shards else (1, 0)
         return [
             DataLoader(
                 CountedRows(problems),
