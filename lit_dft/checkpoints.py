@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,13 @@ import torch
 
 from lit_dft.errors import LitDFTError
 
+_REGISTRY = re.compile(r"^registry(:|$)", re.IGNORECASE)
+
 
 def is_local_checkpoint_path(path: str) -> bool:
     """Whether ``path`` names a local file or folder, not a name Lightning resolves itself (``last``, ``best``,
     ``hpc``, ``registry:...``) or a remote URL (``s3://...``)."""
-    return path not in ("last", "best", "hpc") and not path.startswith("registry") and "://" not in path
+    return path not in ("last", "best", "hpc") and not _REGISTRY.match(path) and "://" not in path
 
 
 def check_checkpoint(path: str | Path) -> Path:

@@ -10,9 +10,11 @@ import argparse
 import errno
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import set_parsing_settings
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -50,13 +52,18 @@ class LitDFTCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Fail before training, not at the first save hours later, when checkpoints cannot be written."""
-        for callback in self.trainer.checkpoint_callbacks:
-            ensure_writable_dir(callback.dirpath or self.trainer.default_root_dir, what="checkpoints")
+        trainer = self.trainer
+        default = trainer.loggers[0].save_dir if trainer.loggers else None  # where Lightning puts them
+        for callback in trainer.checkpoint_callbacks:
+            folder = str(callback.dirpath or default or trainer.default_root_dir)
+            if _is_local_file_protocol(folder):
+                ensure_writable_dir(folder, what="checkpoints")
 
     def after_fit(self) -> None:
         last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
         if last and self.trainer.is_global_zero:
-            print(f"Final weights: {last}\n  resume: --ckpt_path last    export: lit-dft export {last} OUT_DIR")
+            export = f"lit-dft export {last} OUT_DIR" if Path(last).is_file() else "(a sharded folder)"
+            print(f"Final weights: {last}\n  resume: --ckpt_path last    export: {export}")
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` (one line for a missing, empty or truncated file), and take nothing from it but
@@ -106,5 +113,5 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:
         if error.errno not in _STORAGE_ERRORS:
             raise
-        print(f"lit-dft: error: cannot write {error.filename or 'a file'}: {error.strerror}", file=sys.stderr)
+        print(f"lit-dft: error: {error.strerror}: {error.filename or 'a checkpoint or output file'}", file=sys.stderr)
         raise SystemExit(2) from None

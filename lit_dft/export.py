@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ def ensure_writable_dir(out_dir: str | Path, what: str = "the export") -> Path:
     out = Path(out_dir).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".lit_dft_write_test"
+        probe = out / f".lit_dft_write_test.{os.getpid()}"  # one per process: ranks may share the folder
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:

@@ -64,7 +64,7 @@ class CausalLMModule(LightningModule):
         gradient_checkpointing: recompute activations in backward to save memory.
         loss_chunk_size: target tokens per chunk of the output projection in the chunked loss;
             ``None`` chunks when the vocabulary has >= 32,768 entries, with chunks of about 128 MB of
-            float32 logits; ``0`` always uses full logits.
+            float32 logits (512 MB on a GPU); ``0`` always uses full logits.
         learning_rate: AdamW peak learning rate (paper: 5e-5).
         betas: AdamW betas (paper: 0.9, 0.95).
         weight_decay: AdamW weight decay, not applied to biases and norm weights (paper: 0.01).
@@ -187,7 +187,7 @@ class CausalLMModule(LightningModule):
     def _normalise_gradients(self) -> None:
         """One all-reduce of the window's sums, its token count and whether any gradient shard is non-finite;
         then one rescale. Under fp16 with a GradScaler an overflow is the scaler's to handle (it skips the step
-        and lowers the scale), so the gradients are rescaled as they are and no step is skipped here."""
+        and lowers the scale): the gradients are rescaled as they are, and only ``on_nonfinite: stop`` acts here."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]  # FSDP2: this rank's shard
         # norms in at least float32: a float16 norm of large finite gradient sums would overflow to inf
@@ -196,10 +196,13 @@ class CausalLMModule(LightningModule):
         nonfinite = (~finite).to(self._window).reshape(1)
         totals = self.trainer.strategy.reduce(torch.cat([self._window, nonfinite]), reduce_op="sum")
         self._window = None
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is None and (totals[-1] > 0 or not torch.isfinite(totals).all()):  # same verdict on every rank
+        nonfinite_loss, nonfinite_grad = not torch.isfinite(totals[:-1]).all(), totals[-1] > 0  # same on every rank
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            if nonfinite_loss or nonfinite_grad:
+                self._skip_nonfinite_step()
+                return
+        elif nonfinite_loss and self.hparams.on_nonfinite == "stop":  # the scaler skips; "stop" still stops
             self._skip_nonfinite_step()
-            return
         tokens = max(float(totals[-2]), 1.0)
         scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens  # a Python (double) float
         for grad in grads:

@@ -38,43 +38,52 @@ def naive_objective_loss(logits: Tensor, targets: Tensor, objective: TokenObject
     return objective(log_probs).sum(), log_probs.detach()
 
 
+def _matmul_dtype(hidden: Tensor) -> torch.dtype:
+    """Autocast's dtype when autocast is on (bf16 tensor cores under bf16-mixed), else the hidden states' dtype."""
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+
 class _ChunkedObjectiveLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int):
         n = hidden.shape[0]
+        matmul = _matmul_dtype(hidden)
+        w = weight.to(matmul)  # once, not once per chunk as autocast would
+        accumulate = torch.promote_types(hidden.dtype, torch.float32)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        compute = torch.promote_types(hidden.dtype, torch.float32)
         grad_weight = (
-            torch.zeros(weight.shape, dtype=compute, device=weight.device) if ctx.needs_input_grad[1] else None
+            torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if ctx.needs_input_grad[1] else None
         )
-        loss_sum = torch.zeros((), dtype=compute, device=hidden.device)
-        log_probs = torch.empty(n, dtype=compute, device=hidden.device)
-        for start in range(0, n, chunk_size):
-            h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-            logits = _at_least_float32(h @ weight.T)
-            target_logits = logits.gather(1, y.unsqueeze(1)).squeeze(1)
-            row_max = logits.amax(dim=1, keepdim=True)
-            exp_logits = logits.sub_(row_max).exp_()  # in place: one chunk-sized buffer, no logsumexp temporary
-            sums = exp_logits.sum(dim=1)
-            chunk_log_probs = target_logits - row_max.squeeze(1) - sums.log()
-            with torch.enable_grad():
-                leaf = chunk_log_probs.detach().requires_grad_()
-                chunk_loss = objective(leaf).sum()
-                (d_log_probs,) = torch.autograd.grad(chunk_loss, leaf)
-            loss_sum += chunk_loss.detach()
-            log_probs[start : start + chunk_size] = chunk_log_probs
-            if grad_hidden is None and grad_weight is None:
-                continue
-            # d loss / d logits = g * (onehot - softmax), built in place in the same buffer.
-            grad_logits = exp_logits.mul_((-d_log_probs / sums).unsqueeze(1))
-            grad_logits.scatter_add_(1, y.unsqueeze(1), d_log_probs.unsqueeze(1))
-            grad_logits = grad_logits.to(hidden.dtype)
-            if grad_hidden is not None:
-                grad_hidden[start : start + chunk_size] = grad_logits @ weight
-            if grad_weight is not None and grad_logits.dtype == grad_weight.dtype:
-                grad_weight.addmm_(grad_logits.T, h)  # in place: no weight-sized temporary
-            elif grad_weight is not None:
-                grad_weight += grad_logits.T @ h
+        loss_sum = torch.zeros((), dtype=accumulate, device=hidden.device)
+        log_probs = torch.empty(n, dtype=accumulate, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):  # the dtypes below are chosen explicitly
+            for start in range(0, n, chunk_size):
+                h, y = hidden[start : start + chunk_size].to(matmul), targets[start : start + chunk_size]
+                logits = _at_least_float32(h @ w.T)
+                target_logits = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+                row_max = logits.amax(dim=1, keepdim=True)
+                exp_logits = logits.sub_(row_max).exp_()  # in place: one chunk-sized buffer, no logsumexp temporary
+                sums = exp_logits.sum(dim=1)
+                chunk_log_probs = target_logits - row_max.squeeze(1) - sums.log()
+                with torch.enable_grad():
+                    leaf = chunk_log_probs.detach().requires_grad_()
+                    chunk_loss = objective(leaf).sum()
+                    (d_log_probs,) = torch.autograd.grad(chunk_loss, leaf)
+                loss_sum += chunk_loss.detach()
+                log_probs[start : start + chunk_size] = chunk_log_probs
+                if grad_hidden is None and grad_weight is None:
+                    continue
+                # d loss / d logits = g * (onehot - softmax), built in place in the same buffer.
+                grad_logits = exp_logits.mul_((-d_log_probs / sums).unsqueeze(1))
+                grad_logits.scatter_add_(1, y.unsqueeze(1), d_log_probs.unsqueeze(1))
+                grad_logits = grad_logits.to(matmul)
+                if grad_hidden is not None:
+                    grad_hidden[start : start + chunk_size] = grad_logits @ w
+                if grad_weight is not None and matmul == grad_weight.dtype:
+                    grad_weight.addmm_(grad_logits.T, h)  # in place: no weight-sized temporary
+                elif grad_weight is not None:
+                    grad_weight += grad_logits.T @ h  # a tensor-core product, summed in float32
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(log_probs)
@@ -91,9 +100,10 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None
 
 
-def default_chunk_size(vocab_size: int) -> int:
-    """Tokens per chunk so that one chunk's float32 logits take about 128 MB."""
-    return max(64, 2**25 // vocab_size)
+def default_chunk_size(vocab_size: int, device_type: str = "cpu") -> int:
+    """Tokens per chunk so that one chunk's float32 logits take about 128 MB (512 MB on a GPU, where fewer,
+    larger chunks keep the matrix products efficient and the head gradient's float32 sums fewer)."""
+    return max(64, (2**27 if device_type == "cuda" else 2**25) // vocab_size)
 
 
 def _chunked_loss_only(
@@ -119,7 +129,7 @@ def chunked_objective_loss(
     scaling or soft-capping. ``chunk_size`` defaults to :func:`default_chunk_size`. Without grad mode,
     or when neither input requires a gradient, no gradient is computed.
     """
-    chunk_size = chunk_size or default_chunk_size(weight.shape[0])
+    chunk_size = chunk_size or default_chunk_size(weight.shape[0], hidden.device.type)
     if chunk_size < 1:
         raise LitDFTError(f"loss_chunk_size must be >= 1, got {chunk_size}")
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):

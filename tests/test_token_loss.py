@@ -149,3 +149,16 @@ def test_a_slightly_scaled_head_is_caught_even_with_small_random_logits():
     with pytest.warns(UserWarning, match="chunked loss is off"):
         loss(scaled, *_token_loss_inputs(scaled)[:1], None, _token_loss_inputs(scaled)[1])
     assert loss.chunked is False
+
+
+def test_chunked_under_autocast_matches_full_logits_under_autocast():
+    """bf16-mixed: float32 weights and hidden states, bf16 matrix products; the head gradient summed in float32."""
+    hidden, weight, targets = _problem()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = _naive(hidden, weight, targets, DFT())
+        actual = _chunked(hidden, weight, targets, DFT(), 8)
+    assert actual[3].dtype == torch.float32 and actual[2].dtype == torch.float32
+    reference = _naive(hidden, weight, targets, DFT())  # float32 throughout
+    for name, a, e, r in zip(("loss", "log_probs", "grad_hidden", "grad_weight"), actual, expected, reference):
+        torch.testing.assert_close(a, e.to(a.dtype), rtol=3e-2, atol=3e-2, msg=name)
+        torch.testing.assert_close(a, r, rtol=5e-2, atol=3e-2, msg=name)

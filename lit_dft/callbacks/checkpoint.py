@@ -18,8 +18,8 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
     Changes: when fit ends between two saves (``max_steps`` not a multiple of the validation or save
     interval), the final state is saved too (Lightning writes ``last.ckpt`` at the end only if it never
-    wrote one). On several processes an error other than SIGTERM or Ctrl-C saves nothing: it may have hit
-    one rank only, and saving is a collective the other ranks would never join (the job would hang).
+    wrote one). On several processes only SIGTERM saves on the way out: an error or Ctrl-C may reach the
+    ranks at different points, and saving is a collective the others would never join (the job would hang).
     ``lit-dft fit`` uses this class when a config names no checkpoint callback.
     """
 
@@ -30,12 +30,13 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
-            candidates = self._monitor_candidates(trainer)
-            if self.save_last == "link":  # the link needs a checkpoint of this step to point to
-                self._save_checkpoint(trainer, self.format_checkpoint_name(candidates))
-            self._save_last_checkpoint(trainer, candidates)
+            save_last, self.save_last = self.save_last, True  # a real file: no checkpoint of this step to link to
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            finally:
+                self.save_last = save_last
         super().on_train_end(trainer, pl_module)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if trainer.world_size == 1 or isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+        if trainer.world_size == 1 or isinstance(exception, SIGTERMException):
             super().on_exception(trainer, pl_module, exception)
