@@ -40,11 +40,11 @@ class LitDFTCLI(LightningCLI):
         """``fit`` whose config names no checkpoint callback gets lit_dft's ``ModelCheckpoint`` instead of
         Lightning's default: ``last.ckpt`` holds the final state whatever ends the run (``max_steps`` between
         validations, SIGTERM from a scheduler, Ctrl-C, an error), so ``--ckpt_path last`` resumes."""
-        configured = list(
-            self.config_init[self.subcommand]["trainer"].get("callbacks") or []
-        )  # before the Trainer adds to it
+        fit = self.subcommand == "fit"
+        # read before the Trainer adds its default callbacks to this very list
+        configured = list(self.config_init["fit"]["trainer"].get("callbacks") or []) if fit else []
         trainer = super().instantiate_trainer(**kwargs)
-        if self.subcommand == "fit" and not any(isinstance(c, LightningModelCheckpoint) for c in configured):
+        if fit and not any(isinstance(c, LightningModelCheckpoint) for c in configured):
             trainer.callbacks = [
                 ModelCheckpoint() if c is trainer.checkpoint_callback else c for c in trainer.callbacks
             ]
