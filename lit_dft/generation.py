@@ -93,7 +93,12 @@ def score(
         for j in range(num_samples):
             text = texts[i * num_samples + j]
             answer = extract_answer(text) if text.strip() else None
-            verdict = checker.check(answer, batch["answers"][i]) if text.strip() else Verdict(False, "empty generation")
+            figures = batch.get("significant_figures", [False] * len(batch["ids"]))[i]
+            verdict = (
+                checker.check(answer, batch["answers"][i], figures)
+                if text.strip()
+                else Verdict(False, "empty generation")
+            )
             correct[row, j] = verdict.correct
             records.append(
                 {

@@ -56,4 +56,5 @@ class PromptCollator:
             "questions": [row["question"] for row in rows],
             "answers": [row["answers"] for row in rows],
             "counted": [row.get("counted", True) for row in rows],
+            "significant_figures": [row.get("significant_figures", False) for row in rows],
         }

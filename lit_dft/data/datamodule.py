@@ -45,7 +45,12 @@ class EvalSet:
 def _eval_row(row: dict, index: int, preset: Preset) -> dict:
     normalised = read_row(row, preset)
     row_id = next((row[c] for c in _ID_COLUMNS if row.get(c) is not None), index)
-    return {"id": str(row_id), "question": normalised["question"], "answers": normalised["answers"]}
+    return {
+        "id": str(row_id),
+        "question": normalised["question"],
+        "answers": normalised["answers"],
+        "significant_figures": preset.significant_figures,
+    }
 
 
 def _encode_rows(

@@ -36,6 +36,9 @@ class Preset:
     answer_format: AnswerFormat = "text"
     """How to read the answer field: ``text`` as is, ``boxed`` its last \\boxed{}, ``gsm8k`` after ``####``,
     ``answer_is`` after "The answer is:", ``list`` a list of answers that must all match."""
+    significant_figures: bool = False
+    """Match numeric answers at the precision the gold states (``4.5e33``: two figures, so ``4.52e33`` is correct);
+    for measured quantities (Minerva Math's physics). Off: numbers must be equal."""
     messages: str | None = None
     """Chat column (list of {role, content}); when set, question and solution come from its user and
     assistant turns."""
@@ -68,7 +71,9 @@ PRESETS: dict[str, Preset] = {
         answer_format="answer_is",
         hub_id="meta-math/MetaMathQA",
     ),
-    "minerva_math": Preset(question="problem", answer="solution", answer_format="boxed", split="test"),
+    "minerva_math": Preset(
+        question="problem", answer="solution", answer_format="boxed", split="test", significant_figures=True
+    ),
     "olympiadbench": Preset(answer="final_answer", answer_format="list", split="test"),
     "aime24": Preset(question="problem", hub_id="HuggingFaceH4/aime_2024"),
     "amc23": Preset(solution=None, split="test"),

@@ -8,12 +8,16 @@ inside DataLoader workers or threads.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import re
 from dataclasses import dataclass
 
+from lit_dft.evaluation.numbers import as_latex, parse_number
+
 _SPACES = re.compile(r"\s+")
+_E_NOTATION = re.compile(r"\d[eE][+-]?\d")
 
 
 def _normalise(answer: str) -> str:
@@ -31,6 +35,18 @@ def _verify(prediction: str, gold: str) -> bool:
     parsed_gold = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
     parsed_prediction = parse(f"\\boxed{{{prediction}}}", parsing_timeout=None)
     return bool(verify(parsed_gold, parsed_prediction, timeout_seconds=None))
+
+
+def _plain_list(text: str) -> list[str] | None:
+    """The items of a comma-separated answer without brackets (a tuple, interval or set is not plain)."""
+    text = text.strip().strip("$")
+    return None if any(c in text for c in "()[]{}") or parse_number(text) else text.split(",")
+
+
+def _list_lengths_differ(prediction: str, gold: str) -> bool:
+    golds = _plain_list(gold)
+    predictions = [prediction] if parse_number(prediction) else _plain_list(prediction)  # a number is one item
+    return golds is not None and len(golds) > 1 and predictions is not None and len(predictions) != len(golds)
 
 
 @dataclass
@@ -55,11 +71,21 @@ class AnswerChecker:
         if self._pool is None:  # fork: the worker needs no import of __main__ (notebooks, stdin scripts)
             methods = multiprocessing.get_all_start_methods()
             self._pool = multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(1)
+            atexit.register(self.close)  # shut it down before the interpreter does, which warns in Pool.__del__
         return self._pool
 
-    def _equivalent(self, prediction: str, gold: str) -> Verdict:
+    def _equivalent(self, prediction: str, gold: str, significant_figures: bool = False) -> Verdict:
         if _normalise(prediction) == _normalise(gold):
             return Verdict(True)
+        predicted, expected = parse_number(prediction), parse_number(gold)
+        if predicted and expected:  # exact decimals: math-verify reads 4.5e33 as 4.5 * e * 33
+            return (
+                Verdict(True) if predicted.matches(expected, significant_figures) else Verdict(False, "not equivalent")
+            )
+        if expected and _E_NOTATION.search(gold):
+            gold = as_latex(expected)
+        if _list_lengths_differ(prediction, gold):  # math-verify compares lists as sets: "-2" would match "-2, -2"
+            return Verdict(False, "not equivalent")
         try:
             same = self._worker().apply_async(_verify, (prediction, gold)).get(self.timeout_s)
         except multiprocessing.TimeoutError:
@@ -69,19 +95,20 @@ class AnswerChecker:
             return Verdict(False, f"checker error: {type(error).__name__}")
         return Verdict(True) if same else Verdict(False, "not equivalent")
 
-    def check(self, prediction: str | None, golds: list[str]) -> Verdict:
+    def check(self, prediction: str | None, golds: list[str], significant_figures: bool = False) -> Verdict:
+        """``significant_figures``: match numbers at the precision the gold states (see ``numbers``)."""
         if not golds:
             return Verdict(False, "no gold answer")
         if prediction is None or not prediction.strip():
             return Verdict(False, "no answer found")
-        if len(golds) == 1:
-            return self._equivalent(prediction, golds[0])
-        return self._equivalent(prediction, ", ".join(golds))
+        return self._equivalent(prediction, ", ".join(golds), significant_figures)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.terminate()
+            self._pool.join()
             self._pool = None
+            atexit.unregister(self.close)
 
     def __getstate__(self) -> dict:
         return {"timeout_s": self.timeout_s, "_pool": None}
