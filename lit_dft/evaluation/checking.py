@@ -13,11 +13,11 @@ import logging
 import multiprocessing
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
-from lit_dft.evaluation.numbers import as_latex, parse_number
+from lit_dft.evaluation.numbers import e_notation_as_latex, parse_number
 
 _SPACES = re.compile(r"\s+")
-_E_NOTATION = re.compile(r"\d[eE][+-]?\d")
 
 
 def _normalise(answer: str) -> str:
@@ -35,6 +35,21 @@ def _verify(prediction: str, gold: str) -> bool:
     parsed_gold = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
     parsed_prediction = parse(f"\\boxed{{{prediction}}}", parsing_timeout=None)
     return bool(verify(parsed_gold, parsed_prediction, timeout_seconds=None))
+
+
+def _compare_numbers(prediction: str, gold: str, significant_figures: bool) -> Verdict | None:
+    """The verdict when both are plain numbers, compared exactly; None to leave it to math-verify (not both
+    numbers, a fraction that is not exactly the other number, or a number too odd to read)."""
+    try:
+        predicted, expected = parse_number(prediction), parse_number(gold)
+        if not (predicted and expected):
+            return None
+        if predicted.matches(expected, significant_figures):
+            return Verdict(True)
+        fraction = isinstance(predicted.value, Fraction) or isinstance(expected.value, Fraction)
+        return None if fraction else Verdict(False, "not equivalent")  # 0.3333333 for 1/3: math-verify rounds
+    except (ArithmeticError, ValueError):
+        return None
 
 
 def _plain_list(text: str) -> list[str] | None:
@@ -77,13 +92,10 @@ class AnswerChecker:
     def _equivalent(self, prediction: str, gold: str, significant_figures: bool = False) -> Verdict:
         if _normalise(prediction) == _normalise(gold):
             return Verdict(True)
-        predicted, expected = parse_number(prediction), parse_number(gold)
-        if predicted and expected:  # exact decimals: math-verify reads 4.5e33 as 4.5 * e * 33
-            return (
-                Verdict(True) if predicted.matches(expected, significant_figures) else Verdict(False, "not equivalent")
-            )
-        if expected and _E_NOTATION.search(gold):
-            gold = as_latex(expected)
+        verdict = _compare_numbers(prediction, gold, significant_figures)
+        if verdict is not None:
+            return verdict
+        prediction, gold = e_notation_as_latex(prediction), e_notation_as_latex(gold)  # math-verify: 4.5*e*33
         if _list_lengths_differ(prediction, gold):  # math-verify compares lists as sets: "-2" would match "-2, -2"
             return Verdict(False, "not equivalent")
         try:

@@ -65,6 +65,11 @@ def test_every_minerva_e_notation_gold_accepts_its_other_forms_and_rejects_near_
         ("-2", "-2, -2", False),  # math-verify alone compares lists as sets
         ("16, 3, 1", "16,3,1,1", False),
         ("8, 221", "221, 8", True),  # a list, not the number 8,221
+        ("3{,}5", "35", False),  # a decimal comma, not a thousands separator
+        ("0,500", "500", False),
+        ("E = 4.5e33", "4.5e33", True),  # e-notation inside an expression reaches math-verify as a number
+        ("4.5e33 \\text{ erg s}^{-1}", "4.5e33", True),
+        ("0.3333333", "\\frac{1}{3}", True),  # not exactly equal: math-verify's rounding decides, as before
     ],
 )
 def test_percents_separators_and_near_misses(checker, prediction, gold, correct):
@@ -80,6 +85,23 @@ def test_significant_figures_are_a_per_preset_rule(checker, prediction, correct)
     assert PRESETS["minerva_math"].significant_figures and not PRESETS["math500"].significant_figures
     assert checker.check(prediction, ["4.5e33"], significant_figures=True).correct is correct
     assert checker.check(prediction, ["4.5e33"]).correct is False, "exact by default"
+
+
+@pytest.mark.parametrize(
+    "prediction, gold, figures",
+    [
+        ("1e1000000", "5", False),
+        ("1e" + "9" * 5000, "5", False),
+        ("2", "1." + "0" * 40, True),
+        ("1e-2000000", "0", False),
+    ],
+)
+def test_numbers_too_odd_to_read_are_wrong_answers_not_crashes(checker, prediction, gold, figures):
+    assert checker.check(prediction, [gold], figures).correct is False
+
+
+def test_significant_figures_round_halves_up(checker):
+    assert checker.check("1.45", ["1.5"], significant_figures=True).correct
 
 
 def test_the_checker_worker_shuts_down_cleanly_at_exit():
