@@ -17,11 +17,10 @@ from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
 
-from benchmarks.common import markdown_table, save
+from benchmarks.common import SHARED_DATA, markdown_table, save
 from lit_dft.data.presets import PRESETS, gold_answers
 from lit_dft.evaluation import AnswerChecker
 from lit_dft.evaluation.numbers import parse_number
-from tests.conftest import SHARED_DATA
 
 BENCHMARKS = ("math500", "minerva_math", "olympiadbench", "aime24", "amc23", "gsm8k")
 _INTERVAL = re.compile(r"^([\[(])([^,]+),([^,]+)([\])])$")

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import datasets
 
-from benchmarks.common import markdown_table, save
+from benchmarks.common import SHARED_DATA, markdown_table, save
 from lit_dft.data import MathDataModule
 from lit_dft.models import EMBEDDED_MODEL
 
-GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
+GSM8K = SHARED_DATA / "gsm8k" / "train.jsonl"
 
 
 def _padding_fraction(dm: MathDataModule, group_by_length: bool) -> float:

@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.common import markdown_table, save
+from benchmarks.common import SHARED_DATA, markdown_table, save
 from lit_dft.data import MathDataModule
 from lit_dft.data.datamodule import EvalSet
 from lit_dft.evaluation.checking import AnswerChecker, _verify
 from lit_dft.models import EMBEDDED_MODEL, TINY_MODEL, load_model
 
-MATH500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500" / "test.jsonl"
+MATH500 = SHARED_DATA / "math500" / "test.jsonl"
 
 
 def _generate(model, tokenizer, batch, samples: int, new_tokens: int) -> int:

@@ -16,11 +16,10 @@ import json
 import math
 import tempfile
 import time
-from pathlib import Path
 
-from benchmarks.common import markdown_table, median, peak_rss_mb, run_worker, save
+from benchmarks.common import SHARED_DATA, markdown_table, median, peak_rss_mb, run_worker, save
 
-GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
+GSM8K = SHARED_DATA / "gsm8k" / "train.jsonl"
 BATCH, LENGTH = 4, 256
 
 
