@@ -1,3 +1,5 @@
+import math
+
 import lightning.pytorch as L
 import pytest
 import torch
@@ -261,3 +263,58 @@ def test_fp16_loss_scale_overflow_is_left_to_the_grad_scaler():
     assert scaler.get_scale() == 2.0**14, "the scaler saw both overflows and backed off twice"
     assert all(torch.equal(before[n], p) for n, p in module.named_parameters()), "and skipped both steps"
     assert module.skipped_steps == 0
+
+
+class _Recorder(L.Callback):
+    def __init__(self) -> None:
+        self.learning_rates = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.learning_rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_learning_rate_follows_warm_up_and_cosine_and_decay_skips_biases_and_norms():
+    from lit_dft.module import CausalLMModule
+
+    class Module(CausalLMModule):
+        configure_model = MicroModule.configure_model
+
+    module = Module("micro", learning_rate=1e-3, warmup_ratio=0.2, min_lr_ratio=0.1, weight_decay=0.01)
+    module.configure_model()
+    recorder = _Recorder()
+    _fit(module, loader(uneven_rows(), 2), max_steps=10, callbacks=[recorder], limit_train_batches=10)
+    warmup, total = 2, 10  # ceil(0.2 * 10)
+    expected = [
+        1e-3
+        * (
+            (s + 1) / (warmup + 1)
+            if s < warmup
+            else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+        )
+        for s in range(total)
+    ]
+    assert recorder.learning_rates == pytest.approx(expected, rel=1e-12)
+    decayed, plain = module.trainer.optimizers[0].param_groups
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in plain["params"])
+    norms = [p for n, p in module.named_parameters() if "norm" in n]
+    assert norms and all(any(p is q for q in plain["params"]) for p in norms)
+
+
+def test_validation_loss_is_a_mean_over_tokens_not_batches():
+    module = MicroModule(loss="sft")
+    module.configure_model()
+    rows = uneven_rows()
+    trainer = quiet_trainer(precision="64-true", logger=False)
+    (metrics,) = trainer.validate(module, loader(rows, 3), verbose=False)  # batches of unequal token counts
+    batch = next(iter(loader(rows, len(rows))))
+    with torch.no_grad():
+        logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 64), batch["labels"][:, 1:].reshape(-1), reduction="none"
+    ).view(len(rows), -1)
+    mask = batch["labels"][:, 1:] != -100
+    per_token = losses[mask].mean()
+    per_batch = torch.stack([losses[i : i + 3][mask[i : i + 3]].mean() for i in range(0, len(rows), 3)]).mean()
+    assert abs(per_batch - per_token) > 1e-3, "the batches must weigh differently for the test to mean anything"
+    assert metrics["val/nll"] == pytest.approx(float(per_token), rel=1e-6)  # the metric sums in float32

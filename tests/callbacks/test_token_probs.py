@@ -101,7 +101,8 @@ def _histogram_run(tmp_path, **trainer_kwargs):
         callbacks=[TokenProbabilityHistogram(every_n_steps=1)],
         **trainer_kwargs,
     )
-    trainer.fit(module, loader(uneven_rows(), 8 // trainer_kwargs.get("devices", 1)))  # one global batch of 8
+    per_step = trainer_kwargs.get("devices", 1) * trainer_kwargs.get("accumulate_grad_batches", 1)
+    trainer.fit(module, loader(uneven_rows(), 8 // per_step))  # one global batch of 8
     acc = _events(tmp_path)
     (event,) = acc.Histograms("train/target_prob_hist")
     return event.histogram_value
@@ -112,6 +113,11 @@ def test_two_process_ddp_logs_the_same_counts_as_one_process(tmp_path):
     two = _histogram_run(tmp_path / "two", strategy="ddp_spawn", devices=2)
     assert two.num == one.num == sum(len(r["input_ids"]) - r["prompt_length"] for r in uneven_rows())
     assert list(two.bucket) == list(one.bucket)
+
+
+def test_histogram_counts_every_micro_batch_of_an_accumulation_window(tmp_path):
+    histogram = _histogram_run(tmp_path, accumulate_grad_batches=4)  # 4 micro-batches of 2 rows
+    assert histogram.num == sum(len(r["input_ids"]) - r["prompt_length"] for r in uneven_rows())
 
 
 def test_without_tensorboard_it_warns_once_and_logs_fractions_as_scalars(tmp_path):

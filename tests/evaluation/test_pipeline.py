@@ -164,3 +164,45 @@ def test_two_processes_answer_each_problem_exactly_once(tmp_path, shared_data):
     assert trainer.callback_metrics["test/aime24/problems"] == 3
     records = [json.loads(line) for rank in (0, 1) for line in (tmp_path / f"p.rank{rank}.jsonl").open()]
     assert sorted(r["id"] for r in records) == sorted({r["id"] for r in records}) and len(records) == 3
+
+
+def test_score_reads_the_k_samples_of_each_problem_in_order():
+    from lit_dft.generation import score
+
+    batch = {"ids": ["a", "b", "c"], "answers": [["1"], ["2"], ["3"]], "benchmark": "toy"}
+    # problem i's sample j is right exactly when j == i: each sample is in its own place
+    texts = [f"\\boxed{{{i + 1 if j == i else 9}}}" for i in range(3) for j in range(4)]
+    checker = AnswerCheckerForTest()
+    correct, records = score(texts, batch, 4, checker)
+    assert correct.tolist() == [[j == i for j in range(4)] for i in range(3)]
+    assert [(r["id"], r["sample"], r["correct"]) for r in records[:5]] == [
+        ("a", 0, True),
+        ("a", 1, False),
+        ("a", 2, False),
+        ("a", 3, False),
+        ("b", 0, False),
+    ]
+
+
+class AnswerCheckerForTest:
+    """Exact string comparison: enough for digits, no worker process."""
+
+    def check(self, prediction, golds, significant_figures=False):
+        from lit_dft.evaluation import Verdict
+
+        return Verdict(prediction == golds[0], "" if prediction == golds[0] else "not equivalent")
+
+
+def test_lit_dft_test_logs_each_benchmark_accuracy_and_the_mean(monkeypatch, tmp_path):
+    from lit_dft.cli import LitDFTCLI
+
+    def perfect_on_math500(model, tokenizer, batch, sampling, should_stop=None):
+        right = batch["benchmark"] == "math500"
+        return [f"The answer is \\boxed{{{gold[0] if right else 'banana'}}}." for gold in batch["answers"]]
+
+    monkeypatch.setattr(lit_dft.module, "generate", perfect_on_math500)
+    args = ["test", "--config", "configs/eval.yaml", "--model.model_name_or_path=tiny", "--data.eval_limit=3"]
+    cli = LitDFTCLI(CausalLMModule, MathDataModule, args=[*args, f"--trainer.default_root_dir={tmp_path}"])
+    metrics = cli.trainer.callback_metrics
+    assert metrics["test/math500/acc"] == 1.0 and metrics["test/gsm8k/acc"] == 0.0
+    assert metrics["test/acc"] == pytest.approx(1 / len(BENCHMARKS))
