@@ -72,8 +72,6 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
                     (d_log_probs,) = torch.autograd.grad(chunk_loss, leaf)
                 loss_sum += chunk_loss.detach()
                 log_probs[start : start + chunk_size] = chunk_log_probs
-                if grad_hidden is None and grad_weight is None:
-                    continue
                 # d loss / d logits = g * (onehot - softmax), built in place in the same buffer.
                 grad_logits = exp_logits.mul_((-d_log_probs / sums).unsqueeze(1))
                 grad_logits.scatter_add_(1, y.unsqueeze(1), d_log_probs.unsqueeze(1))
