@@ -21,8 +21,8 @@ def _padding_fraction(dm: MathDataModule, group_by_length: bool) -> float:
     dm.group_by_length = group_by_length
     padded = real = 0
     for batch in dm.train_dataloader():
-        padded += batch["attention_mask"].numel()
-        real += int(batch["attention_mask"].sum())
+        padded += batch.attention_mask.numel()
+        real += int(batch.num_tokens)
     return 1 - real / padded
 
 

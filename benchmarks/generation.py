@@ -17,6 +17,7 @@ import time
 import torch
 
 from benchmarks.common import SHARED_DATA, markdown_table, save
+from lit_dft.batch import PromptBatch
 from lit_dft.data import MathDataModule
 from lit_dft.data.datamodule import EvalSet
 from lit_dft.evaluation.checking import AnswerChecker, _verify
@@ -28,8 +29,8 @@ MATH500 = SHARED_DATA / "math500" / "test.jsonl"
 def _generate(model, tokenizer, batch, samples: int, new_tokens: int) -> int:
     torch.manual_seed(0)
     out = model.generate(
-        input_ids=batch["prompt_input_ids"],
-        attention_mask=batch["prompt_attention_mask"],
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
         do_sample=True,
         temperature=1.0,
         top_p=1.0,
@@ -39,7 +40,7 @@ def _generate(model, tokenizer, batch, samples: int, new_tokens: int) -> int:
         min_new_tokens=new_tokens,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return (out.shape[1] - batch["prompt_input_ids"].shape[1]) * out.shape[0]
+    return (out.shape[1] - batch.input_ids.shape[1]) * out.shape[0]
 
 
 def generation(model_name: str, problems: int, samples: int, new_tokens: int) -> list:
@@ -58,7 +59,7 @@ def generation(model_name: str, problems: int, samples: int, new_tokens: int) ->
     single_tokens, start = 0, time.perf_counter()
     for problem in data.eval_data["math500"]:
         ids = torch.tensor([problem["prompt_ids"]])
-        one = {"prompt_input_ids": ids, "prompt_attention_mask": torch.ones_like(ids)}
+        one = PromptBatch(ids, torch.ones_like(ids), "math500", [problem["id"]], [problem["answers"]], [True])
         for _ in range(samples):
             single_tokens += _generate(model, data.tokenizer, one, 1, new_tokens)
     single = time.perf_counter() - start

@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from benchmarks.common import markdown_table
 from lit_dft.data.collate import PadCollator, PromptCollator
+from lit_dft.generation import GenerationArgs
 from lit_dft.models import TINY_MODEL, load_tokenizer
 from lit_dft.module import CausalLMModule
 from lit_dft.strategies import FSDP2Strategy
@@ -56,12 +57,11 @@ class RandomQwen(CausalLMModule):
         self.given_tokenizer = tokenizer
 
     def configure_model(self) -> None:
-        if self.model is None:
+        if self.model is None:  # built here, under the strategy's device context, not on the CPU first
             torch.manual_seed(0)
             self.model = Qwen2ForCausalLM(Qwen2Config(**self.shape)).train()
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.model.config.use_cache = False
             self.tokenizer = self.given_tokenizer
+        super().configure_model()  # gradient checkpointing and the loss
 
 
 def training_rows(n: int, length: int, vocab: int, prompt: int = 256) -> list[dict]:
@@ -177,7 +177,7 @@ def lit_dft_validate(shape: dict, tokenizer, rows: list[dict], batch: int) -> di
 
 def lit_dft_test(shape: dict, tokenizer, problems: int, new_tokens: int) -> dict:
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    module = RandomQwen(shape, tokenizer, loss="dft", max_new_tokens=new_tokens)
+    module = RandomQwen(shape, tokenizer, loss="dft", generation=GenerationArgs(max_new_tokens=new_tokens))
     g = torch.Generator().manual_seed(2)
     rows = [
         {
@@ -185,6 +185,7 @@ def lit_dft_test(shape: dict, tokenizer, problems: int, new_tokens: int) -> dict
             "id": str(i),
             "question": "",
             "answers": ["1"],
+            "counted": True,
         }
         for i in range(problems)
     ]

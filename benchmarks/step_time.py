@@ -30,22 +30,22 @@ def main(quick: bool = False) -> str:
     times: dict[str, list[float]] = {"sft": [], "dft": []}
     for step in range(2 * steps + 2):
         name = ("sft", "dft")[step % 2]
-        module.objective = build_objective(name)
+        module.token_loss.objective = build_objective(name)
         start = time.perf_counter()
-        module.token_losses(batch)["loss"].backward()
+        module.token_outputs(batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step >= 2:  # the first two steps warm up allocators and AdamW state
             times[name].append(time.perf_counter() - start)
     sft, dft = median(times["sft"]), median(times["dft"])
-    tokens = int(batch["attention_mask"].sum())
+    tokens = int(batch.attention_mask.sum())
     save("step_time", {"model": model_name, "batch_tokens": tokens, "seconds": times})
     return markdown_table(
         ["model", "batch", "SFT s/step", "DFT s/step", "DFT / SFT (goal <= 1.02x)"],
         [
             [
                 model_name,
-                f"{tuple(batch['input_ids'].shape)}, {tokens} tokens",
+                f"{tuple(batch.input_ids.shape)}, {tokens} tokens",
                 f"{sft:.3f}",
                 f"{dft:.3f}",
                 f"{dft / sft:.3f}x",

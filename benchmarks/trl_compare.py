@@ -67,7 +67,7 @@ def run_lit(model_name: str, steps: int) -> dict:
             clock.begin()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            clock.finish(int(batch["attention_mask"].sum()))
+            clock.finish(int(batch.num_tokens))
 
     data = MathDataModule(
         preset="gsm8k",

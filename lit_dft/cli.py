@@ -26,6 +26,7 @@ from lit_dft.data import MathDataModule
 from lit_dft.errors import LitDFTError
 from lit_dft.export import ensure_writable_dir
 from lit_dft.module import CausalLMModule
+from lit_dft.strategies import register_strategies
 
 # A full disk, a quota, a read-only or forbidden folder: one line, whichever save hits it.
 _STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -68,7 +69,7 @@ class LitDFTCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` (one line for a missing, empty or truncated file), and take nothing from it but
         the weights: Lightning's default here overwrites the model's settings from the command line and config
-        (``--model.num_samples 16`` for ``test``, say) with the ones saved in the checkpoint, without a word."""
+        (``--model.generation.num_samples 16`` for ``test``, say) with the ones saved in the checkpoint, without a word."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path is not None and is_local_checkpoint_path(path):
@@ -88,6 +89,7 @@ def _export(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # data fields document themselves
     args = sys.argv[1:] if argv is None else argv
+    LitDFTError.last_message = None
     try:
         if args[:1] == ["export"]:
             _export(args[1:])
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
             plot_main(args[1:])
             return
+        register_strategies()
         LitDFTCLI(
             CausalLMModule,
             MathDataModule,
@@ -104,8 +107,11 @@ def main(argv: list[str] | None = None) -> None:
             seed_everything_default=42,
             save_config_kwargs={"overwrite": True},
         )
-    except LitDFTError as error:
-        print(f"lit-dft: error: {error}", file=sys.stderr)
+    except ValueError as error:  # LitDFTError, or a parser's error that quotes one
+        message = str(error) if isinstance(error, LitDFTError) else LitDFTError.quoted_in(error)
+        if message is None:
+            raise
+        print(f"lit-dft: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except SIGTERMException:
         print("lit-dft: stopped by SIGTERM", file=sys.stderr)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
+from lit_dft.batch import Prediction, PromptBatch
 from lit_dft.evaluation.answers import extract_answer
 from lit_dft.evaluation.checking import AnswerChecker, Verdict
 from lit_dft.strategies import is_sharded
@@ -17,14 +18,18 @@ from lit_dft.strategies import is_sharded
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end|>", "<end_of_turn>")
 
 
-@dataclass
-class Sampling:
-    """How answers are generated; ``CausalLMModule`` documents each field (the paper: k=16 at temperature 1.0)."""
+@dataclass(frozen=True)
+class GenerationArgs:
+    """How benchmark answers are generated (the paper: k=16 samples at temperature 1.0)."""
 
     max_new_tokens: int = 1024
+    """Generated tokens per answer at most."""
     num_samples: int = 1
+    """Answers per problem, k: accuracy is their mean (mean@k); pass@k is logged too."""
     temperature: float = 0.0
+    """Sampling temperature; 0 decodes greedily (one answer per problem)."""
     top_p: float = 1.0
+    """Nucleus sampling threshold."""
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -51,19 +56,19 @@ class _StopWhen(StoppingCriteria):
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    batch: dict[str, Any],
-    sampling: Sampling,
+    batch: PromptBatch,
+    sampling: GenerationArgs,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> list[str]:
     """``num_samples`` completions per prompt (problem-major order), decoded without special tokens.
 
     ``should_stop`` is polled after every token; when it turns true the completions end where they are.
     """
-    prompts: Tensor = batch["prompt_input_ids"]
+    prompts = batch.input_ids
     sample = sampling.temperature > 0
     output = model.generate(
         input_ids=prompts,
-        attention_mask=batch["prompt_attention_mask"],
+        attention_mask=batch.attention_mask,
         max_new_tokens=sampling.max_new_tokens,
         do_sample=sample,
         temperature=sampling.temperature if sample else None,
@@ -80,36 +85,28 @@ def generate(
 
 
 def score(
-    texts: list[str], batch: dict[str, Any], num_samples: int, checker: AnswerChecker
-) -> tuple[Tensor, list[dict]]:
-    """Correctness ``(counted problems, k)`` and one prediction record per sample of a counted problem.
+    texts: list[str], batch: PromptBatch, num_samples: int, checker: AnswerChecker
+) -> tuple[Tensor, list[Prediction]]:
+    """Correctness ``(counted problems, k)`` and one prediction per sample of a counted problem.
 
     Problems marked not ``counted`` (the padding that gives every rank the same number of batches) are skipped.
     """
-    counted = [i for i, keep in enumerate(batch.get("counted", [True] * len(batch["ids"]))) if keep]
+    counted = [i for i, keep in enumerate(batch.counted) if keep]
     correct = torch.zeros(len(counted), num_samples, dtype=torch.bool)
-    records = []
+    predictions = []
     for row, i in enumerate(counted):
         for j in range(num_samples):
             text = texts[i * num_samples + j]
             answer = extract_answer(text) if text.strip() else None
-            figures = batch.get("significant_figures", [False] * len(batch["ids"]))[i]
             verdict = (
-                checker.check(answer, batch["answers"][i], figures)
+                checker.check(answer, batch.answers[i], batch.significant_figures)
                 if text.strip()
                 else Verdict(False, "empty generation")
             )
             correct[row, j] = verdict.correct
-            records.append(
-                {
-                    "benchmark": batch["benchmark"],
-                    "id": batch["ids"][i],
-                    "sample": j,
-                    "gold": batch["answers"][i],
-                    "generation": text,
-                    "extracted": answer,
-                    "correct": verdict.correct,
-                    "reason": verdict.reason,
-                }
+            predictions.append(
+                Prediction(
+                    batch.benchmark, batch.ids[i], j, batch.answers[i], text, answer, verdict.correct, verdict.reason
+                )
             )
-    return correct, records
+    return correct, predictions

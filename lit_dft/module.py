@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
@@ -15,12 +15,14 @@ from torch.distributed.tensor import DTensor
 from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_dft.batch import Prediction, PromptBatch, TokenOutputs, TrainingBatch
 from lit_dft.errors import LitDFTError
 from lit_dft.evaluation.checking import AnswerChecker
 from lit_dft.evaluation.metrics import MathAccuracy
-from lit_dft.generation import Sampling, generate, score
+from lit_dft.generation import GenerationArgs, generate, score
 from lit_dft.models import EMBEDDED_MODEL, load_model, load_tokenizer
 from lit_dft.objectives import DFT, TokenObjective, build_objective
+from lit_dft.optim import OptimizerArgs, configure_adamw
 from lit_dft.token_loss import TokenLoss
 
 _PAPER_DFT = DFT()
@@ -41,10 +43,12 @@ def check_strategy(strategy: Strategy) -> None:
 class CausalLMModule(LightningModule):
     """Fine-tunes a causal LM with a token objective (``sft``, ``dft`` or your own).
 
-    ``training_step`` returns ``loss`` (the *sum* of the micro-batch's token losses, which is what
-    backward needs; see below), ``target_log_probs`` (detached, float32 or wider, shape ``(B, T-1)``, zero at
-    masked positions) and ``target_mask`` (bool, ``(B, T-1)``). Callbacks read the last two in
-    ``on_train_batch_end`` without a second forward pass.
+    A :class:`~lit_dft.batch.TrainingBatch` becomes :class:`~lit_dft.batch.TokenOutputs` (the *sum* of the
+    token losses, which is what backward needs, see below, and every target token's log-probability);
+    callbacks get them with ``TokenOutputs.of(outputs)`` in ``on_train_batch_end`` and
+    ``on_validation_batch_end``, without a second forward pass. A :class:`~lit_dft.batch.PromptBatch` (a
+    benchmark in validate/test/predict) is answered by generation, giving :class:`~lit_dft.batch.Prediction`
+    records.
 
     Normalisation: the gradient is the sum of token-loss gradients over the *global* batch (all
     micro-batches of an accumulation window on all ranks) divided by that global batch's number of
@@ -65,16 +69,9 @@ class CausalLMModule(LightningModule):
         loss_chunk_size: target tokens per chunk of the output projection in the chunked loss;
             ``None`` chunks when the vocabulary has >= 32,768 entries, with chunks of about 128 MB of
             float32 logits (512 MB on a GPU); ``0`` always uses full logits.
-        learning_rate: AdamW peak learning rate (paper: 5e-5).
-        betas: AdamW betas (paper: 0.9, 0.95).
-        weight_decay: AdamW weight decay, not applied to biases and norm weights (paper: 0.01).
-        warmup_ratio: fraction of optimiser steps of linear warm-up before the cosine decay (paper: 0.1).
-        min_lr_ratio: final learning rate as a fraction of the peak.
-        max_new_tokens: evaluation: generated tokens per answer at most.
-        num_samples: evaluation: answers per problem, k (accuracy is mean@k; pass@k is logged too).
-        temperature: evaluation: sampling temperature, 0 for greedy decoding (the paper: 1.0 with k=16).
-        top_p: evaluation: nucleus sampling threshold.
-        answer_timeout_s: evaluation: seconds one answer check may take before it counts as incorrect.
+        optimizer: AdamW and its schedule (learning rate, betas, weight decay, warm-up, final ratio).
+        generation: how benchmark answers are generated (max new tokens, k samples, temperature, top-p).
+        answer_timeout_s: seconds one answer check may take before it counts as incorrect.
         on_nonfinite: what a NaN/inf loss or gradient does: ``skip`` the optimiser step (weights untouched,
             counted in ``train/skipped_steps``) or ``stop`` the run with a message.
     """
@@ -87,32 +84,34 @@ class CausalLMModule(LightningModule):
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
         loss_chunk_size: int | None = None,
-        learning_rate: float = 5e-5,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
-        min_lr_ratio: float = 0.0,
-        max_new_tokens: int = 1024,
-        num_samples: int = 1,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
+        optimizer: OptimizerArgs = OptimizerArgs(),
+        generation: GenerationArgs = GenerationArgs(),
         answer_timeout_s: float = 5.0,
         on_nonfinite: Literal["skip", "stop"] = "skip",
     ) -> None:
         super().__init__()
-        if num_samples > 1 and temperature == 0:
+        # dicts from a checkpoint's hyperparameters (load_from_checkpoint) or a saved config become the dataclasses
+        self.optimizer_args = OptimizerArgs(**optimizer) if isinstance(optimizer, dict) else optimizer
+        self.generation = generation = GenerationArgs(**generation) if isinstance(generation, dict) else generation
+        if generation.num_samples > 1 and generation.temperature == 0:
             raise LitDFTError(
-                f"num_samples={num_samples} with temperature 0 would repeat one greedy answer {num_samples} times; "
-                "set model.temperature > 0 (the paper: 1.0) or model.num_samples: 1"
+                f"num_samples={generation.num_samples} with temperature 0 would repeat one greedy answer "
+                f"{generation.num_samples} times; set model.generation.temperature > 0 (the paper: 1.0) or "
+                "model.generation.num_samples: 1"
             )
+        if loss_chunk_size is not None and loss_chunk_size < 0:
+            raise LitDFTError(
+                f"loss_chunk_size must be >= 1, 0 (full logits) or None (automatic), got {loss_chunk_size}"
+            )
+        # hyperparameters as plain values, so checkpoints load with weights_only=True and hparams.yaml reads back
+        optimizer, generation = asdict(self.optimizer_args), asdict(generation)
         self.save_hyperparameters()
         self.objective = build_objective(loss)
-        self.token_loss = TokenLoss(self.objective, loss_chunk_size)
-        self.sampling = Sampling(max_new_tokens, num_samples, temperature, top_p)
         self.checker = AnswerChecker(answer_timeout_s)
         self.eval_metrics = torch.nn.ModuleDict()
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.token_loss: TokenLoss | None = None  # built with the model, in configure_model
         self._window: Tensor | None = None  # float32 sums over the accumulation window, see _WINDOW_FIELDS
         self.skipped_steps = 0
         self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in _WINDOW_FIELDS[:4]})
@@ -120,34 +119,54 @@ class CausalLMModule(LightningModule):
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy)
 
+    @classmethod
+    def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> CausalLMModule:
+        """A module around a model you built (a notebook, a test): ``configure_model`` then loads nothing."""
+        kwargs.setdefault("model_name_or_path", tokenizer.name_or_path)  # what export saves the tokenizer from
+        module = cls(**kwargs)
+        module.model, module.tokenizer = model, tokenizer
+        return module
+
     def configure_model(self) -> None:
-        """Load tokenizer and model once (Lightning calls this on the target device/strategy)."""
-        if self.model is not None:
+        """Load tokenizer and model once (Lightning calls this on the target device/strategy) and build the loss."""
+        if self.token_loss is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
-        self.model = load_model(hp.model_name_or_path, hp.dtype, hp.trust_remote_code, vocab_size=len(self.tokenizer))
-        embeddings = self.model.get_input_embeddings().num_embeddings
-        if embeddings < len(self.tokenizer):
-            raise LitDFTError(
-                f"Tokenizer of {hp.model_name_or_path!r} has {len(self.tokenizer)} tokens but the model's "
-                f"embedding has only {embeddings} rows: tokenizer and model do not match."
+        if self.model is None:
+            self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
+            self.model = load_model(
+                hp.model_name_or_path, hp.dtype, hp.trust_remote_code, vocab_size=len(self.tokenizer)
             )
+            embeddings = self.model.get_input_embeddings().num_embeddings
+            if embeddings < len(self.tokenizer):
+                raise LitDFTError(
+                    f"Tokenizer of {hp.model_name_or_path!r} has {len(self.tokenizer)} tokens but the model's "
+                    f"embedding has only {embeddings} rows: tokenizer and model do not match."
+                )
         if hp.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.config.use_cache = False
+        self.token_loss = TokenLoss(self.model, self.objective, hp.loss_chunk_size)
 
     # ---- forward ---------------------------------------------------------------------------------
 
-    def token_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Objective loss sum and per-token target log-probs for a batch with ``labels``."""
-        targets = batch["labels"][:, 1:]
-        loss_sum, log_probs, mask = self.token_loss(
-            self.model, batch["input_ids"], batch.get("attention_mask"), targets
-        )
-        per_token = torch.zeros(targets.shape, dtype=log_probs.dtype, device=targets.device)
-        per_token[mask] = log_probs
-        return {"loss": loss_sum, "target_log_probs": per_token, "target_mask": mask, "flat_log_probs": log_probs}
+    def token_outputs(self, batch: TrainingBatch) -> TokenOutputs:
+        """The objective's loss sum and every target token's log-probability, in one forward pass."""
+        if self.token_loss is None:
+            raise LitDFTError(f"{type(self).__name__}.configure_model must call super().configure_model()")
+        return self.token_loss(batch)
+
+    @torch.no_grad()
+    def measure(self, batch: TrainingBatch) -> TokenOutputs:
+        """Token outputs as validation computes them (eval mode, the trainer's precision, no gradient), for
+        measurements outside the validation loop such as the probe before training."""
+        was_training = self.training
+        self.eval()
+        try:
+            with self.trainer.precision_plugin.val_step_context():
+                return self.token_outputs(batch)
+        finally:
+            self.train(was_training)
 
     @staticmethod
     def _token_stats(log_probs: Tensor) -> dict[str, Tensor]:
@@ -156,14 +175,13 @@ class CausalLMModule(LightningModule):
 
     # ---- training --------------------------------------------------------------------------------
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        out = self.token_losses(batch)
-        stats = self._token_stats(out.pop("flat_log_probs"))
-        sums = [out["loss"].detach()] + [value.sum() for value in stats.values()]
-        sums.append(out["target_mask"].sum())
+    def training_step(self, batch: TrainingBatch, batch_idx: int) -> dict[str, Any]:
+        out = self.token_outputs(batch)
+        stats = self._token_stats(out.log_probs)
+        sums = [out.loss.detach()] + [value.sum() for value in stats.values()] + [out.target_mask.sum()]
         window = torch.stack([value.float() for value in sums])
         self._window = window if self._window is None else self._window + window
-        return out
+        return out.step_output()
 
     def on_fit_start(self) -> None:
         half = sorted({str(p.dtype) for p in self.parameters() if p.requires_grad and p.dtype in _HALF})
@@ -229,11 +247,13 @@ class CausalLMModule(LightningModule):
 
     # ---- validation ------------------------------------------------------------------------------
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
-        if "prompt_input_ids" in batch:
+    def validation_step(
+        self, batch: TrainingBatch | PromptBatch, batch_idx: int, dataloader_idx: int = 0
+    ) -> TokenOutputs | list[Prediction]:
+        if isinstance(batch, PromptBatch):
             return self._answer(batch)
-        out = self.token_losses(batch)
-        log_probs = out.pop("flat_log_probs")
+        out = self.token_outputs(batch)
+        log_probs = out.log_probs
         if log_probs.numel() == 0:
             return out
         values = {"loss": self.objective(log_probs), **self._token_stats(log_probs)}
@@ -246,21 +266,22 @@ class CausalLMModule(LightningModule):
 
     # ---- evaluation by generation ----------------------------------------------------------------
 
-    def _answer(self, batch: dict[str, Any]) -> list[dict]:
-        """Generate k answers per problem, check them, update the benchmark's accuracy; the records go to callbacks."""
-        texts = generate(self.model, self.tokenizer, batch, self.sampling, self._received_sigterm)
+    def _answer(self, batch: PromptBatch) -> list[Prediction]:
+        """Generate k answers per problem, check them, update the benchmark's accuracy; the predictions go to
+        callbacks."""
+        texts = generate(self.model, self.tokenizer, batch, self.generation, self._received_sigterm)
         # A scheduler's SIGTERM: stop now, without scoring cut-off answers; every rank together (a collective),
         # since a rank that went on into the next sharded generation would wait for the others forever.
         if self._trainer is not None and self.trainer.strategy.reduce_boolean_decision(
             self.trainer.received_sigterm, all=False
         ):
             raise SIGTERMException
-        correct, records = score(texts, batch, self.sampling.num_samples, self.checker)
-        name = batch["benchmark"]
+        correct, predictions = score(texts, batch, self.generation.num_samples, self.checker)
+        name = batch.benchmark
         if name not in self.eval_metrics:
             self.eval_metrics[name] = MathAccuracy().to(self.device)
         self.eval_metrics[name].update(correct.to(self.device))
-        return records
+        return predictions
 
     def on_test_start(self) -> None:
         self._announce(self.trainer.num_test_batches)
@@ -269,7 +290,7 @@ class CausalLMModule(LightningModule):
         self._announce(self.trainer.num_predict_batches)
 
     def _announce(self, batches: list[int | float]) -> None:
-        s = self.sampling
+        s = self.generation
         rank_zero_info(
             f"Answering {int(sum(batches))} batches of problems from {len(batches)} benchmark(s): {s.num_samples} "
             f"sample(s) each, up to {s.max_new_tokens} new tokens, temperature {s.temperature}"
@@ -278,10 +299,10 @@ class CausalLMModule(LightningModule):
     def _received_sigterm(self) -> bool:
         return self._trainer is not None and self._trainer.received_sigterm
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+    def test_step(self, batch: PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
         return self._answer(batch)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+    def predict_step(self, batch: PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
         return self._answer(batch)
 
     def _log_benchmarks(self, stage: str) -> None:
@@ -308,24 +329,7 @@ class CausalLMModule(LightningModule):
     # ---- optimisation ----------------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = math.ceil(hp.warmup_ratio * total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_adamw(self.parameters(), self.optimizer_args, int(self.trainer.estimated_stepping_batches))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the model's config so ``lit-dft export`` rebuilds it without the original weights."""

@@ -61,9 +61,9 @@ class DFT(TokenObjective):
 
     def __init__(self, alpha: float = 1.0, min_weight: float = 0.0) -> None:
         if alpha < 0:
-            raise ValueError(f"DFT alpha must be >= 0, got {alpha}")
+            raise LitDFTError(f"DFT alpha must be >= 0, got {alpha}")
         if not 0.0 <= min_weight <= 1.0:
-            raise ValueError(f"DFT min_weight must lie in [0, 1], got {min_weight}")
+            raise LitDFTError(f"DFT min_weight must lie in [0, 1], got {min_weight}")
         self.alpha = alpha
         self.min_weight = min_weight
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_dft.callbacks.token_stats import paper_bin_labels
+from lit_dft.callbacks.token_stats import PROBE, paper_bin_labels, prob_bin_tag
 from lit_dft.errors import LitDFTError
 
-_TAG = "probe/prob_bin/"
+_TAG = prob_bin_tag(PROBE)
 
 
 def _probe_fractions(run_dir: Path) -> dict[int, list[float]]:

@@ -131,4 +131,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup(trainer)
 
 
-StrategyRegistry.register("fsdp2", FSDP2Strategy, description="FSDP2 over all ranks, one unit per decoder layer")
+def register_strategies() -> None:
+    """Make ``strategy: fsdp2`` a name the Trainer knows (the CLI calls this; Python code may pass the class)."""
+    if "fsdp2" not in StrategyRegistry:
+        StrategyRegistry.register(
+            "fsdp2", FSDP2Strategy, description="FSDP2 over all ranks, one unit per decoder layer"
+        )

@@ -1,8 +1,8 @@
 """Objective losses over target tokens, from logits (naive) or from hidden states (chunked).
 
-Both paths return the *sum* of per-token losses (normalisation over the global batch is the
-module's job) and the detached float32 log-probabilities of the target tokens, which the module
-hands to callbacks. The chunked path never materialises full-vocabulary logits for the batch: it
+Both paths give the *sum* of per-token losses (normalisation over the global batch is the
+module's job) and the detached float32 log-probabilities of the target tokens; :class:`TokenLoss`
+returns them as :class:`~lit_dft.batch.TokenOutputs`, which the module hands to callbacks. The chunked path never materialises full-vocabulary logits for the batch: it
 projects ``chunk_size`` target tokens at a time, and computes each chunk's gradient during the
 forward (as fused linear cross-entropy kernels do), so backward costs no second projection.
 """
@@ -16,10 +16,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lit_dft.batch import IGNORE_INDEX, TokenOutputs, TrainingBatch
 from lit_dft.errors import LitDFTError
 from lit_dft.objectives import TokenObjective
-
-IGNORE_INDEX = -100
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -129,7 +128,7 @@ def chunked_objective_loss(
     """
     chunk_size = chunk_size or default_chunk_size(weight.shape[0], hidden.device.type)
     if chunk_size < 1:
-        raise LitDFTError(f"loss_chunk_size must be >= 1, got {chunk_size}")
+        raise LitDFTError(f"loss_chunk_size must be >= 1 (or 0 for full logits), got {chunk_size}")
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         return _chunked_loss_only(hidden, weight, targets, objective, chunk_size)
     return _ChunkedObjectiveLoss.apply(hidden, weight, targets, objective, chunk_size)
@@ -149,42 +148,47 @@ _NO_POSITIONS = torch.empty(0, dtype=torch.long)  # logits_to_keep: project no p
 class TokenLoss:
     """The objective over a causal LM's target tokens, from full logits or chunked from the final hidden states.
 
-    Whether to chunk is decided once, on the first call, for the model at hand: the chunked path needs a
+    Built once per model (the module's ``configure_model``). Whether to chunk is decided once, on the first
+    call (the first batch, when the model is on its device and sharded): the chunked path needs a
     plain linear head (no bias) whose projection of the final hidden states *is* the model's logits. That
     is checked by computing both on a fixed 16-token input rather than by a list of config keys, so an
     architecture that scales or caps its logits under a new name falls back to full logits with a warning.
     Every rank runs the same check, so sharded models (FSDP2) stay in step.
 
     Args:
+        model: a Hugging Face causal LM.
         objective: the token objective.
         chunk_size: target tokens per chunk; ``None`` chunks when the vocabulary has >= 32,768 entries
             (chunks of :func:`default_chunk_size`); ``0`` always uses full logits.
     """
 
-    def __init__(self, objective: TokenObjective, chunk_size: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, objective: TokenObjective, chunk_size: int | None = None) -> None:
+        self.model = model
         self.objective = objective
         self.chunk_size = chunk_size
         self.chunked: bool | None = None  # decided on the first call
 
-    def __call__(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None, targets: Tensor):
-        """Loss sum, flat target log-probs (detached, >= float32) and the target mask ``(B, T-1)``.
-
-        ``targets`` are the labels shifted left (``labels[:, 1:]``) with ``IGNORE_INDEX`` where nothing is trained.
-        """
+    def __call__(self, batch: TrainingBatch) -> TokenOutputs:
+        """The loss sum and every target token's log-probability (detached, >= float32) of ``batch``."""
         if self.chunked is None:
-            self.chunked = self._can_chunk(model, input_ids.device)
+            self.chunked = self._can_chunk(batch.input_ids.device)
+        targets = batch.targets
         mask = targets != IGNORE_INDEX
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if self.chunked:
-            return (*self._chunked(model, inputs, mask, targets[mask]), mask)
-        logits = model(**inputs).logits[:, :-1][mask]
-        return (*naive_objective_loss(logits, targets[mask], self.objective), mask)
+            loss, log_probs = self._chunked(inputs, mask, targets[mask])
+        else:
+            logits = self.model(**inputs).logits[:, :-1][mask]
+            loss, log_probs = naive_objective_loss(logits, targets[mask], self.objective)
+        per_token = torch.zeros(targets.shape, dtype=log_probs.dtype, device=targets.device)
+        per_token[mask] = log_probs
+        return TokenOutputs(loss, per_token, mask, targets)
 
-    def _chunked(self, model: torch.nn.Module, inputs: dict, mask: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def _chunked(self, inputs: dict, mask: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Computed inside the model's own forward with no position projected by the model: a hook on
         ``base_model`` takes the final hidden states while the top-level forward runs, so under FSDP the root
         unit (output head included) is gathered then and its gradient is reduced by FSDP's own hooks."""
-        results: list[tuple[Tensor, Tensor]] = []
+        model, results = self.model, []
 
         def loss_from_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
             hidden = output[0][:, :-1][mask]
@@ -198,9 +202,10 @@ class TokenLoss:
             hook.remove()
         return results[-1]
 
-    def _can_chunk(self, model: torch.nn.Module, device: torch.device) -> bool:
+    def _can_chunk(self, device: torch.device) -> bool:
         if self.chunk_size == 0:
             return False
+        model = self.model
         head = model.get_output_embeddings()
         if self.chunk_size is None and not (isinstance(head, torch.nn.Linear) and head.out_features >= 32_768):
             return False

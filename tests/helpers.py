@@ -10,19 +10,18 @@ from lit_dft.module import CausalLMModule
 from tests.conftest import micro_llama
 
 
-class MicroModule(CausalLMModule):
-    """CausalLMModule on a float64 micro Llama with plain SGD (lr 1): a step moves the weights by -grad."""
-
-    def __init__(self, loss: str = "dft", loss_chunk_size: int = 0) -> None:
-        super().__init__(model_name_or_path="micro", loss=loss, loss_chunk_size=loss_chunk_size)
-
-    def configure_model(self) -> None:
-        if self.model is None:
-            self.model = micro_llama()
-            self.tokenizer = load_tokenizer(TINY_MODEL)  # ids below 64 are its first 64 tokens
+class SGDModule(CausalLMModule):
+    """CausalLMModule with plain SGD (lr 1): a step moves the weights by -grad."""
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=1.0)
+
+
+def MicroModule(loss: str = "dft", loss_chunk_size: int = 0, module_class: type = SGDModule, **kwargs):  # noqa: N802
+    """A ``module_class`` around a float64 micro Llama (through the ``from_model`` seam), with the tiny model's
+    tokenizer (ids below 64 are its first 64 tokens)."""
+    model, tokenizer = micro_llama(), load_tokenizer(TINY_MODEL)
+    return module_class.from_model(model, tokenizer, loss=loss, loss_chunk_size=loss_chunk_size, **kwargs)
 
 
 def uneven_rows(n: int = 8, vocab: int = 64, seed: int = 1) -> list[dict]:

@@ -45,10 +45,15 @@ def test_saved_config_reruns_as_is(smoke_run, tmp_path):
     assert list(tmp_path.rglob("*.ckpt"))
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lit_dft", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``lit-dft ARGS`` in this process: (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code if isinstance(exit_info.code, int) else 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize(
@@ -57,22 +62,30 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         ("--model.loss=dtf", "Unknown objective 'dtf'. Registered objectives: dft, sft"),
         ("--model.model_name_or_path=./no/such/model", "Model path not found: ./no/such/model"),
         ("--data.preset=gsm8", "Unknown preset 'gsm8'. Known presets:"),
+        ("--data.preset={question: q, solution: s}", "Preset (inline): no data source: the preset names no hub_id"),
+        ("--data.preset={question: q, answer_format: boxd}", "Unknown answer_format 'boxd'. Known: answer_is, boxed"),
+        (["--model.loss.class_path=lit_dft.DFT", "--model.loss.init_args.alpha=-1"], "DFT alpha must be >= 0, got -1"),
+        ("--model.generation.num_samples=4", "num_samples=4 with temperature 0 would repeat one greedy answer"),
     ],
 )
-def test_bad_configuration_gets_one_clear_line(override, message):
-    result = _cli("fit", "--config", SMOKE, override, "--trainer.max_steps=1")
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_bad_configuration_gets_one_clear_line(override, message, capsys, tmp_path):
+    overrides = override if isinstance(override, list) else [override]
+    code, _, err = _cli(capsys, "fit", "--config", SMOKE, *overrides, f"--trainer.default_root_dir={tmp_path}")
+    assert code == 2
+    line = _last_line(err)
+    assert line.startswith("lit-dft: error: ") and message in line and "Traceback" not in err
 
 
-def test_misspelled_key_is_rejected_by_the_parser():
-    result = _cli("fit", "--config", SMOKE, "--model.learnin_rate=1")
-    assert result.returncode != 0 and "learnin_rate" in result.stderr
+def test_misspelled_key_is_rejected_by_the_parser(capsys):
+    code, _, err = _cli(capsys, "fit", "--config", SMOKE, "--model.optimizer.learnin_rate=1")
+    assert code != 0 and "learnin_rate" in err
 
 
-def test_help_documents_every_data_option():
-    result = _cli("fit", "--help")
-    assert "Maximum tokens per example" in result.stdout and "Batch examples of similar length" in result.stdout
+def test_help_documents_every_data_and_grouped_model_option(capsys):
+    _, out, _ = _cli(capsys, "fit", "--help")
+    assert "Maximum tokens per example" in out and "Batch examples of similar length" in out
+    assert "--model.optimizer.learning_rate" in out and "Peak learning rate" in out
+    assert "--model.generation.num_samples" in out and "Answers per problem, k" in out
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda path: path.stem)
@@ -128,7 +141,7 @@ def test_every_subcommand_runs_on_the_chunked_path(tmp_path_factory, tmp_path, m
     assert "val/nll" in capsys.readouterr().out
     assert decisions == [True, True], "validate ran the chunked loss under inference mode"
     evaluation = ["--config", str(ROOT / "configs/eval.yaml"), "--model.model_name_or_path=tiny"]
-    evaluation += ["--model.max_new_tokens=4", "--data.eval_limit=2", f"--ckpt_path={ckpt}"]
+    evaluation += ["--model.generation.max_new_tokens=4", "--data.eval_limit=2", f"--ckpt_path={ckpt}"]
     for subcommand in ("test", "predict"):
         main([subcommand, *evaluation, f"--trainer.default_root_dir={tmp_path / subcommand}"])
         (predictions,) = (tmp_path / subcommand).rglob("predictions.jsonl")  # under the run, not the cwd
@@ -191,7 +204,7 @@ def test_sigterm_during_fit_leaves_a_checkpoint_that_resumes_to_the_same_weights
 
 def test_sigterm_ends_test_promptly_without_scoring_cut_off_answers(tmp_path):
     command = [sys.executable, "-m", "lit_dft", "test", "--config", "configs/eval.yaml"]
-    command += ["--model.model_name_or_path=tiny", "--model.max_new_tokens=100000", "--data.eval_limit=2"]
+    command += ["--model.model_name_or_path=tiny", "--model.generation.max_new_tokens=100000", "--data.eval_limit=2"]
     command += [f"--trainer.default_root_dir={tmp_path}"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = []

@@ -62,3 +62,17 @@ def test_names_lightning_resolves_are_not_checked_as_local_files():
     for name in ("last", "best", "hpc", "registry", "registry:my-model:latest", "s3://bucket/run/last.ckpt"):
         assert not is_local_checkpoint_path(name), name
     assert is_local_checkpoint_path("runs/demo/last.ckpt")
+
+
+def test_load_from_checkpoint_rebuilds_the_module_with_its_grouped_settings(smoke_run):
+    from lit_dft.generation import GenerationArgs
+    from lit_dft.module import CausalLMModule
+    from lit_dft.optim import OptimizerArgs
+
+    _, run = smoke_run
+    (ckpt,) = run.rglob("last.ckpt")
+    module = CausalLMModule.load_from_checkpoint(ckpt, weights_only=True)  # the settings are plain values
+    assert isinstance(module.optimizer_args, OptimizerArgs) and module.optimizer_args.learning_rate == 3e-3
+    assert isinstance(module.generation, GenerationArgs)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert all(torch.equal(module.state_dict()[name], value) for name, value in state.items())

@@ -4,7 +4,8 @@ import lightning.pytorch as L
 import pytest
 import torch
 
-from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
+from lit_dft.batch import TokenOutputs
+from tests.helpers import MicroModule, SGDModule, loader, quiet_trainer, uneven_rows
 
 
 def _fit(module, data, **trainer_kwargs):
@@ -25,7 +26,7 @@ def _step_delta(batch_size, accumulate, loss="dft", chunk=0, **trainer_kwargs):
 
 
 def _target_tokens_per_micro_batch(batch_size):
-    return [int((b["labels"][:, 1:] != -100).sum()) for b in loader(uneven_rows(), batch_size)]
+    return [int((b.labels[:, 1:] != -100).sum()) for b in loader(uneven_rows(), batch_size)]
 
 
 @pytest.mark.parametrize("loss", ["sft", "dft"])
@@ -43,7 +44,7 @@ def test_global_batch_normalisation_equals_token_mean_of_the_whole_batch():
     module.configure_model()
     batch = next(iter(loader(uneven_rows(), 8)))
     expected = torch.nn.functional.cross_entropy(
-        module.model(input_ids=batch["input_ids"]).logits[:, :-1].reshape(-1, 64), batch["labels"][:, 1:].reshape(-1)
+        module.model(input_ids=batch.input_ids).logits[:, :-1].reshape(-1, 64), batch.labels[:, 1:].reshape(-1)
     )
     expected.backward()
     reference = {n: -p.grad.clone() for n, p in module.named_parameters()}
@@ -65,8 +66,8 @@ def test_normalisation_is_exact_in_float64():
     module.configure_model()
     batch = next(iter(loader(rows, 8)))
     loss_sum = torch.nn.functional.cross_entropy(
-        module.model(input_ids=batch["input_ids"]).logits[:, :-1].reshape(-1, 64),
-        batch["labels"][:, 1:].reshape(-1),
+        module.model(input_ids=batch.input_ids).logits[:, :-1].reshape(-1, 64),
+        batch.labels[:, 1:].reshape(-1),
         reduction="sum",
     )
     loss_sum.backward()
@@ -103,7 +104,7 @@ class _NaNGradientOnSecondBatch(L.Callback):
 
 
 def test_finite_loss_with_nonfinite_gradient_skips_the_step():
-    module = _NaNOnSecondBatch("skip", poison_loss=False)
+    module = MicroModule(module_class=_NaNOnSecondBatch, on_nonfinite="skip", poison_loss=False)
     module.configure_model()
     with pytest.warns(UserWarning, match="Non-finite loss or gradient at step 1"):
         _fit(module, loader(uneven_rows(), 2), max_steps=3, callbacks=[_NaNGradientOnSecondBatch()])
@@ -115,17 +116,20 @@ def test_finite_loss_with_nonfinite_gradient_skips_the_step():
 
 def test_greedy_decoding_with_several_samples_is_refused():
     from lit_dft.errors import LitDFTError
+    from lit_dft.generation import GenerationArgs
     from lit_dft.module import CausalLMModule
 
     with pytest.raises(LitDFTError, match="num_samples=4 with temperature 0"):
-        CausalLMModule("tiny", num_samples=4, temperature=0.0)
-    CausalLMModule("tiny", num_samples=4, temperature=1.0)
+        CausalLMModule("tiny", generation=GenerationArgs(num_samples=4, temperature=0.0))
+    CausalLMModule("tiny", generation=GenerationArgs(num_samples=4, temperature=1.0))
 
 
 def _unchanged_fraction_after_one_adamw_step(dtype: torch.dtype, precision: str) -> float:
     from lit_dft.module import CausalLMModule
+    from lit_dft.optim import OptimizerArgs
 
-    module = CausalLMModule("tiny", dtype="float32" if dtype == torch.float32 else "bfloat16", learning_rate=5e-5)
+    weights = "float32" if dtype == torch.float32 else "bfloat16"
+    module = CausalLMModule("tiny", dtype=weights, optimizer=OptimizerArgs(learning_rate=5e-5))
     module.configure_model()
     rows = [{"input_ids": list(range(3, 40)), "prompt_length": 5}] * 2
     before, after = _fit_plain(module, loader(rows, 2), precision)
@@ -165,10 +169,10 @@ def test_batch_without_target_tokens_gives_zero_loss_and_zero_gradient():
     module = MicroModule(loss="dft")
     module.configure_model()
     batch = next(iter(loader(uneven_rows(2), 2)))
-    batch["labels"][:] = -100
-    out = module.token_losses(batch)
-    out["loss"].backward()
-    assert out["loss"].item() == 0.0 and not out["target_mask"].any()
+    batch.labels[:] = -100
+    out = module.token_outputs(batch)
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and not out.target_mask.any() and out.log_probs.numel() == 0
     assert all(p.grad is None or torch.all(p.grad == 0) for p in module.parameters())
 
 
@@ -176,21 +180,22 @@ def test_training_step_returns_per_token_outputs_for_callbacks():
     module = MicroModule(loss="dft")
     module.configure_model()
     batch = next(iter(loader(uneven_rows(4), 4)))
-    out = module.token_losses(batch)
-    mask = batch["labels"][:, 1:] != -100
-    assert torch.equal(out["target_mask"], mask)
-    log_probs = out["target_log_probs"]
+    outputs = module.training_step(batch, 0)
+    out = TokenOutputs.of(outputs)  # what a callback receives
+    assert outputs["loss"].requires_grad and not out.loss.requires_grad
+    mask = batch.labels[:, 1:] != -100
+    assert torch.equal(out.target_mask, mask) and torch.equal(out.target_ids[mask], batch.labels[:, 1:][mask])
+    log_probs = out.target_log_probs
     assert log_probs.shape == mask.shape and not log_probs.requires_grad
     assert torch.all(log_probs[~mask] == 0) and torch.all(log_probs[mask] < 0)
-    manual = torch.log_softmax(module.model(input_ids=batch["input_ids"]).logits[:, :-1], -1)
-    expected = manual.gather(-1, batch["labels"][:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    manual = torch.log_softmax(module.model(input_ids=batch.input_ids).logits[:, :-1], -1)
+    expected = manual.gather(-1, batch.labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(log_probs[mask], expected[mask])
 
 
-class _NaNOnSecondBatch(MicroModule):
-    def __init__(self, on_nonfinite: str, poison_loss: bool = True) -> None:
-        super().__init__()
-        self.hparams.on_nonfinite = on_nonfinite
+class _NaNOnSecondBatch(SGDModule):
+    def __init__(self, poison_loss: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.poison_loss = poison_loss
         self.snapshots = []
 
@@ -198,7 +203,7 @@ class _NaNOnSecondBatch(MicroModule):
         out = super().training_step(batch, batch_idx)
         if batch_idx == 1 and self.poison_loss:
             self._window[0] = float("nan")
-            out["loss"] = out["loss"] * float("nan")
+            out["loss"] = out["loss"] * float("nan")  # the dict Lightning back-propagates
         return out
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -206,7 +211,7 @@ class _NaNOnSecondBatch(MicroModule):
 
 
 def test_nonfinite_loss_skips_the_step_and_leaves_the_weights_untouched():
-    module = _NaNOnSecondBatch("skip")
+    module = MicroModule(module_class=_NaNOnSecondBatch, on_nonfinite="skip")
     module.configure_model()
     with pytest.warns(UserWarning, match="Non-finite loss or gradient at step 1"):
         _fit(module, loader(uneven_rows(), 2), max_steps=3)
@@ -220,7 +225,7 @@ def test_nonfinite_loss_skips_the_step_and_leaves_the_weights_untouched():
 def test_nonfinite_loss_can_stop_the_run_with_a_message():
     from lit_dft.errors import LitDFTError
 
-    module = _NaNOnSecondBatch("stop")
+    module = MicroModule(module_class=_NaNOnSecondBatch, on_nonfinite="stop")
     module.configure_model()
     with pytest.raises(LitDFTError, match="Non-finite loss or gradient at step 1"):
         _fit(module, loader(uneven_rows(), 2), max_steps=3)
@@ -275,11 +280,10 @@ class _Recorder(L.Callback):
 
 def test_learning_rate_follows_warm_up_and_cosine_and_decay_skips_biases_and_norms():
     from lit_dft.module import CausalLMModule
+    from lit_dft.optim import OptimizerArgs
 
-    class Module(CausalLMModule):
-        configure_model = MicroModule.configure_model
-
-    module = Module("micro", learning_rate=1e-3, warmup_ratio=0.2, min_lr_ratio=0.1, weight_decay=0.01)
+    args = OptimizerArgs(learning_rate=1e-3, warmup_ratio=0.2, min_lr_ratio=0.1, weight_decay=0.01)
+    module = MicroModule(module_class=CausalLMModule, optimizer=args)  # AdamW, not the SGD of the other tests
     module.configure_model()
     recorder = _Recorder()
     _fit(module, loader(uneven_rows(), 2), max_steps=10, callbacks=[recorder], limit_train_batches=10)
@@ -309,12 +313,24 @@ def test_validation_loss_is_a_mean_over_tokens_not_batches():
     (metrics,) = trainer.validate(module, loader(rows, 3), verbose=False)  # batches of unequal token counts
     batch = next(iter(loader(rows, len(rows))))
     with torch.no_grad():
-        logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logits = module.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     losses = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, 64), batch["labels"][:, 1:].reshape(-1), reduction="none"
+        logits.reshape(-1, 64), batch.labels[:, 1:].reshape(-1), reduction="none"
     ).view(len(rows), -1)
-    mask = batch["labels"][:, 1:] != -100
+    mask = batch.labels[:, 1:] != -100
     per_token = losses[mask].mean()
     per_batch = torch.stack([losses[i : i + 3][mask[i : i + 3]].mean() for i in range(0, len(rows), 3)]).mean()
     assert abs(per_batch - per_token) > 1e-3, "the batches must weigh differently for the test to mean anything"
     assert metrics["val/nll"] == pytest.approx(float(per_token), rel=1e-6)  # the metric sums in float32
+
+
+def test_grouped_settings_are_saved_as_plain_values_that_read_back(tmp_path):
+    from lightning.pytorch.core.saving import load_hparams_from_yaml, save_hparams_to_yaml
+
+    from lit_dft.module import CausalLMModule
+    from lit_dft.optim import OptimizerArgs
+
+    module = CausalLMModule("tiny", optimizer=OptimizerArgs(learning_rate=1e-3))
+    assert module.optimizer_args.learning_rate == 1e-3
+    save_hparams_to_yaml(tmp_path / "hparams.yaml", module.hparams_initial)  # what loggers write
+    assert load_hparams_from_yaml(tmp_path / "hparams.yaml")["optimizer"]["learning_rate"] == 1e-3

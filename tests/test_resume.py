@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lit_dft.data import MathDataModule
 from lit_dft.models import TINY_MODEL
 from lit_dft.module import CausalLMModule
+from lit_dft.optim import OptimizerArgs
 from tests.conftest import ROOT
 
 STEPS, STOP_AT = 6, 3  # 32 training rows / batch 4 = 8 batches per epoch: step 3 is mid-epoch
@@ -30,7 +31,7 @@ class Recorder(L.Callback):
 
 def _fit(root, recorder, ckpt_path=None):
     L.seed_everything(42)
-    module = CausalLMModule(TINY_MODEL, loss="dft", learning_rate=3e-3)
+    module = CausalLMModule(TINY_MODEL, loss="dft", optimizer=OptimizerArgs(learning_rate=3e-3))
     data = MathDataModule(
         tokenizer_name_or_path=TINY_MODEL, limit=40, val_split=8, max_length=256, group_by_length=True
     )

@@ -2,8 +2,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from lit_dft.batch import IGNORE_INDEX, TrainingBatch
 from lit_dft.objectives import DFT, OBJECTIVES, build_objective
-from lit_dft.token_loss import IGNORE_INDEX, TokenLoss, chunked_objective_loss, naive_objective_loss
+from lit_dft.token_loss import TokenLoss, chunked_objective_loss, naive_objective_loss
 from tests.conftest import micro_llama
 
 OBJECTIVE_CASES = [build_objective(name) for name in sorted(OBJECTIVES)] + [DFT(alpha=0.5, min_weight=0.1)]
@@ -87,18 +88,19 @@ class _ScaledLlama(LlamaForCausalLM):
         return output
 
 
-def _token_loss_inputs(model, seed=0):
+def _batch(model, seed=0) -> TrainingBatch:
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=g)
-    targets = input_ids[:, 1:].clone()
-    targets[:, :3] = IGNORE_INDEX
-    return input_ids, targets
+    labels = input_ids.clone()
+    labels[:, :4] = IGNORE_INDEX  # a 4-token prompt: the first 3 targets are not trained
+    return TrainingBatch(input_ids, torch.ones_like(input_ids), labels)
 
 
-def _naive_log_probs(model, input_ids, targets):
-    logits = model(input_ids=input_ids).logits[:, :-1]
-    mask = targets != IGNORE_INDEX
-    return torch.log_softmax(logits.double(), -1)[mask].gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+def _naive_log_probs(model, batch):
+    logits = model(input_ids=batch.input_ids).logits[:, :-1]
+    targets = batch.input_ids[:, 1:]
+    mask = torch.arange(targets.shape[1]) >= 3
+    return torch.log_softmax(logits.double(), -1)[:, mask].gather(-1, targets[:, mask].unsqueeze(-1)).squeeze(-1)
 
 
 def test_a_head_that_scales_its_logits_falls_back_to_full_logits():
@@ -106,37 +108,38 @@ def test_a_head_that_scales_its_logits_falls_back_to_full_logits():
     scaled = _ScaledLlama(model.config).to(torch.float64)
     scaled.load_state_dict(model.state_dict())
     scaled.config.novel_logit_multiplier = 3.0
-    input_ids, targets = _token_loss_inputs(scaled)
-    loss = TokenLoss(DFT(), chunk_size=5)
+    batch = _batch(scaled)
+    loss = TokenLoss(scaled, DFT(), chunk_size=5)
     with pytest.warns(UserWarning, match="chunked loss is off.*logits differ"):
-        _, log_probs, _ = loss(scaled, input_ids, None, targets)
+        out = loss(batch)
     assert loss.chunked is False
-    torch.testing.assert_close(log_probs, _naive_log_probs(scaled, input_ids, targets), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.target_log_probs[:, 3:], _naive_log_probs(scaled, batch), rtol=0, atol=1e-12)
 
 
 def test_a_plain_head_is_chunked_and_matches_the_model_logits(recwarn):
     model = micro_llama(vocab_size=64)
-    input_ids, targets = _token_loss_inputs(model)
-    loss = TokenLoss(DFT(), chunk_size=5)
-    _, log_probs, mask = loss(model, input_ids, None, targets)
+    batch = _batch(model)
+    loss = TokenLoss(model, DFT(), chunk_size=5)
+    out = loss(batch)
     assert loss.chunked is True and not [w for w in recwarn if "chunked" in str(w.message)]
-    assert torch.equal(mask, targets != IGNORE_INDEX)
-    torch.testing.assert_close(log_probs, _naive_log_probs(model, input_ids, targets), rtol=0, atol=1e-12)
+    assert torch.equal(out.target_mask, batch.labels[:, 1:] != IGNORE_INDEX) and not out.target_mask[:, :3].any()
+    assert torch.equal(out.target_ids, batch.labels[:, 1:]) and torch.all(out.target_log_probs[:, :3] == 0)
+    torch.testing.assert_close(out.target_log_probs[:, 3:], _naive_log_probs(model, batch), rtol=0, atol=1e-12)
 
 
 def test_chunking_is_decided_by_vocabulary_size_when_not_set():
-    small = TokenLoss(DFT(), chunk_size=None)
     small_model = micro_llama(vocab_size=64)
-    input_ids, targets = _token_loss_inputs(small_model)
-    small(small_model, input_ids, None, targets)
+    small = TokenLoss(small_model, DFT(), chunk_size=None)
+    small(_batch(small_model))
     assert small.chunked is False
     large_model = micro_llama(vocab_size=32_768, dtype=torch.float32)
-    large = TokenLoss(DFT(), chunk_size=None)
-    input_ids, targets = _token_loss_inputs(large_model)
+    large = TokenLoss(large_model, DFT(), chunk_size=None)
+    batch = _batch(large_model)
     with torch.inference_mode():  # what standalone validate runs under
-        loss_sum, log_probs, _ = large(large_model, input_ids, None, targets)
-    assert large.chunked is True and torch.isfinite(loss_sum)
-    torch.testing.assert_close(log_probs, _naive_log_probs(large_model, input_ids, targets).float(), atol=1e-4, rtol=0)
+        out = large(batch)
+    assert large.chunked is True and torch.isfinite(out.loss)
+    expected = _naive_log_probs(large_model, batch).float()
+    torch.testing.assert_close(out.target_log_probs[:, 3:], expected, atol=1e-4, rtol=0)
 
 
 def test_a_slightly_scaled_head_is_caught_even_with_small_random_logits():
@@ -145,9 +148,9 @@ def test_a_slightly_scaled_head_is_caught_even_with_small_random_logits():
     scaled.load_state_dict(model.state_dict())
     scaled.config.novel_logit_multiplier = 1.05
     assert scaled(input_ids=torch.arange(8).unsqueeze(0)).logits.abs().max() < 1, "logits below 1: no clamp helps"
-    loss = TokenLoss(DFT(), chunk_size=5)
+    loss = TokenLoss(scaled, DFT(), chunk_size=5)
     with pytest.warns(UserWarning, match="chunked loss is off"):
-        loss(scaled, *_token_loss_inputs(scaled)[:1], None, _token_loss_inputs(scaled)[1])
+        loss(_batch(scaled))
     assert loss.chunked is False
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+
+from lit_dft.batch import Prediction
 
 
 class PredictionWriter(Callback):
@@ -20,11 +23,11 @@ class PredictionWriter(Callback):
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path
-        self._records: list[dict] = []
+        self._records: list[Prediction] = []
 
     def _collect(self, outputs: Any) -> None:
         if isinstance(outputs, list):
-            self._records.extend(r for r in outputs if isinstance(r, dict) and "generation" in r)
+            self._records.extend(r for r in outputs if isinstance(r, Prediction))
 
     def _write(self, trainer: Trainer) -> None:
         path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl")
@@ -32,7 +35,7 @@ class PredictionWriter(Callback):
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in self._records)
+            handle.writelines(json.dumps(asdict(record), ensure_ascii=False) + "\n" for record in self._records)
         rank_zero_info(f"Wrote {len(self._records)} predictions to {path}")
         self._records = []
 

@@ -9,6 +9,7 @@ import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lit_dft.batch import TokenOutputs, TrainingBatch
 from lit_dft.strategies import FSDP2Strategy
 
 
@@ -55,13 +56,10 @@ class TokenThroughput(Callback):
             self._start = self._clock()
             self._counts = torch.zeros(2, device=pl_module.device)
             return  # the first batch carries warm-up costs: start the clock after it
-        batch_tokens = (
-            batch["attention_mask"].sum() if "attention_mask" in batch else torch.tensor(batch["input_ids"].numel())
-        )
-        batch_targets = (
-            outputs["target_mask"].sum() if isinstance(outputs, dict) and "target_mask" in outputs else torch.tensor(0)
-        )
-        self._counts += torch.stack([batch_tokens, batch_targets]).to(self._counts)
+        token_outputs = TokenOutputs.of(outputs)
+        batch_tokens = batch.num_tokens if isinstance(batch, TrainingBatch) else torch.tensor(0)
+        batch_targets = token_outputs.target_mask.sum() if token_outputs is not None else torch.tensor(0)
+        self._counts += torch.stack([batch_tokens.to(self._counts), batch_targets.to(self._counts)])
         step_done = trainer.global_step > self._step_at_batch_start
         if step_done and trainer.global_step % self.every_n_steps == 0:
             tokens, targets = trainer.strategy.reduce(self._counts, reduce_op="sum").tolist()  # waits for the GPU

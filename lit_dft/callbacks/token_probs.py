@@ -1,20 +1,18 @@
 """Watch DFT polarise the token-probability distribution: training-batch histograms and a fixed probe set.
 
-Both callbacks read the module's per-token outputs (``target_log_probs``, ``target_mask``), so the
-training histograms cost no extra forward pass.
+Both callbacks read the module's :class:`~lit_dft.batch.TokenOutputs`, so the training histograms cost no
+extra forward pass.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from lit_dft.callbacks.token_stats import ProbabilityCounts, StatsLogger, TokenCategories
-from lit_dft.data.collate import PadCollator
+from lit_dft.batch import TokenOutputs
+from lit_dft.callbacks.token_stats import PROBE, ProbabilityCounts, StatsLogger, TokenCategories
 from lit_dft.errors import LitDFTError
 
 
@@ -27,13 +25,16 @@ class _CategorisedCounts(Callback):
         self._table: Tensor | None = None
         self.stats: ProbabilityCounts | None = None
 
-    def _count(self, pl_module: LightningModule, log_probs: Tensor, mask: Tensor, labels: Tensor) -> None:
-        if self._table is None:
-            self._table = self.categories.table(pl_module.tokenizer).to(pl_module.device)
+    def _counts(self, pl_module: LightningModule) -> ProbabilityCounts:
         if self.stats is None:
             self.stats = ProbabilityCounts(self.categories.names, pl_module.device)
-        targets = labels[:, 1:][mask]
-        self.stats.add(log_probs[mask], self._table[targets.clamp(max=len(self._table) - 1)])
+        return self.stats
+
+    def _count(self, pl_module: LightningModule, outputs: TokenOutputs) -> None:
+        if self._table is None:
+            self._table = self.categories.table(pl_module.tokenizer).to(pl_module.device)
+        targets = outputs.target_ids[outputs.target_mask]
+        self._counts(pl_module).add(outputs.log_probs, self._table[targets.clamp(max=len(self._table) - 1)])
 
     def _log(self, trainer: Trainer, prefix: str, step: int) -> None:
         counts = self.stats.reduced(trainer)
@@ -63,8 +64,9 @@ class TokenProbabilityHistogram(_CategorisedCounts):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         logging_step = self._window_step % self.every_n_steps == 0
-        if logging_step and isinstance(outputs, dict) and "target_log_probs" in outputs:
-            self._count(pl_module, outputs["target_log_probs"], outputs["target_mask"], batch["labels"])
+        token_outputs = TokenOutputs.of(outputs)
+        if logging_step and token_outputs is not None:
+            self._count(pl_module, token_outputs)
         window_done = trainer.global_step > self._window_step
         if window_done and logging_step and self.stats is not None:
             self._log(trainer, "train", self._window_step)
@@ -74,8 +76,10 @@ class ProbeTokenProbabilities(_CategorisedCounts):
     """The target-token distribution over a fixed probe set: before training (the base model, step 0)
     and after every validation (``probe/target_prob_hist``, bin fractions, per-category splits).
 
-    The default probe is a seeded sample of training examples, since the paper measures over the
-    training set; ``source: val`` uses validation examples instead.
+    The probe's examples come from the DataModule's ``probe_dataloader`` (``MathDataModule`` has one),
+    which shards them over the ranks so each is measured once. The default probe is a seeded sample of
+    training examples, since the paper measures over the training set; ``source: val`` uses validation
+    examples instead.
 
     Args:
         num_examples: probe size.
@@ -97,39 +101,17 @@ class ProbeTokenProbabilities(_CategorisedCounts):
         self.source = source
         self.batch_size = batch_size
         self.seed = seed
-        self._rows: list[dict] | None = None
 
-    def _probe_rows(self, trainer: Trainer) -> list[dict]:
-        if self._rows is None:
-            dataset = getattr(trainer.datamodule, f"{self.source}_set", None)
-            if dataset is None or len(dataset) == 0:
-                raise LitDFTError(f"ProbeTokenProbabilities: the DataModule has no {self.source} examples")
-            generator = torch.Generator().manual_seed(self.seed)
-            indices = torch.randperm(len(dataset), generator=generator)[: self.num_examples].tolist()
-            self._rows = [{k: dataset[i][k] for k in ("input_ids", "prompt_length")} for i in sorted(indices)]
-        return self._rows
-
-    @torch.no_grad()
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        probe = self._probe_rows(trainer)
-        rows = probe[trainer.global_rank :: trainer.world_size]
-        collate = PadCollator(pl_module.tokenizer.pad_token_id)
-        was_training = pl_module.training
-        pl_module.eval()
-        # Every rank runs the same number of forwards (a sharded model needs all ranks in each one);
-        # a rank whose share has run out measures the first probe row and does not count it. The forwards
-        # run in the trainer's precision context (autocast under bf16-mixed), as validation does.
-        for start in range(0, math.ceil(len(probe) / trainer.world_size), self.batch_size):
-            share = rows[start : start + self.batch_size]
-            batch = {k: v.to(pl_module.device) for k, v in collate(share or probe[:1]).items()}
-            with trainer.precision_plugin.val_step_context():
-                out = pl_module.token_losses(batch)
-            if share:
-                self._count(pl_module, out["target_log_probs"], out["target_mask"], batch["labels"])
-        if self.stats is None:  # this rank had no rows: still join the all-reduce
-            self.stats = ProbabilityCounts(self.categories.names, pl_module.device)
-        pl_module.train(was_training)
-        self._log(trainer, "probe", trainer.global_step)
+        make_loader = getattr(trainer.datamodule, "probe_dataloader", None)
+        if make_loader is None:
+            raise LitDFTError(
+                "ProbeTokenProbabilities needs a DataModule with a probe_dataloader() (MathDataModule has one)"
+            )
+        for batch in make_loader(self.num_examples, self.source, self.seed, self.batch_size):
+            self._count(pl_module, pl_module.measure(batch.to(pl_module.device)))
+        self._counts(pl_module)  # a rank with no probe rows still joins the all-reduce
+        self._log(trainer, PROBE, trainer.global_step)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_step == 0:

@@ -17,6 +17,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from lit_dft.errors import LitDFTError
+
+PROBE = "probe"
+"""Prefix of the probe set's tags (``probe/prob_bin/...``)."""
+
 # The paper's bins (section 4.3.1): [0, 1e-4, 1e-3, 1e-2, 0.1, 0.2, ..., 0.9, 1.0].
 PAPER_BINS = (0.0, 1e-4, 1e-3, 1e-2) + tuple(round(0.1 * i, 1) for i in range(1, 11))
 PROB_EDGES = torch.linspace(0.0, 1.0, 51)  # histogram of p
@@ -54,10 +59,17 @@ class TokenCategories:
 
     def table(self, tokenizer: PreTrainedTokenizerBase) -> Tensor:
         """Category index of every token id."""
-        patterns = [re.compile(rule) for rule in self.rules.values()]
+        patterns = [_compile(name, rule) for name, rule in self.rules.items()]
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         categories = [next((k for k, p in enumerate(patterns) if p.search(text)), len(patterns)) for text in texts]
         return torch.tensor(categories, dtype=torch.long)
+
+
+def _compile(name: str, rule: str) -> re.Pattern:
+    try:
+        return re.compile(rule)
+    except re.error as error:
+        raise LitDFTError(f"Token category {name!r}: {rule!r} is not a regular expression ({error})") from None
 
 
 def _bucket(values: Tensor, edges: Tensor) -> Tensor:
@@ -111,6 +123,11 @@ def paper_bin_labels() -> list[str]:
     return [f"{i:02d}_{lo:g}-{hi:g}" for i, (lo, hi) in enumerate(zip(PAPER_BINS[:-1], PAPER_BINS[1:]))]
 
 
+def prob_bin_tag(prefix: str, label: str = "") -> str:
+    """The tag of the fraction of tokens in one paper bin (``label``), or the tags' common start without one."""
+    return f"{prefix}/prob_bin/{label}"
+
+
 class StatsLogger:
     """Writes counts as TensorBoard histograms and scalars; warns once when no TensorBoard logger is set."""
 
@@ -135,7 +152,7 @@ class StatsLogger:
             scalars[f"{prefix}/{name}tokens"] = total
             if name == "":
                 scalars.update(
-                    {f"{prefix}/prob_bin/{label}": float(c) / total for label, c in zip(paper_bin_labels(), paper)}
+                    {prob_bin_tag(prefix, label): float(c) / total for label, c in zip(paper_bin_labels(), paper)}
                 )
             for tensorboard in tensorboards:
                 _add_histogram(tensorboard, f"{prefix}/{name}target_prob_hist", prob_hist, PROB_EDGES, step)

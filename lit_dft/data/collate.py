@@ -1,4 +1,4 @@
-"""Batching: pad to the longest sequence, mask prompt and padding in the labels."""
+"""Batching: training examples padded right with the prompt masked, benchmark prompts padded left."""
 
 from __future__ import annotations
 
@@ -6,19 +6,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from lit_dft.token_loss import IGNORE_INDEX
+from lit_dft.batch import IGNORE_INDEX, PromptBatch, TrainingBatch
 
 
 @dataclass
 class PadCollator:
-    """Pads ``input_ids`` right to the longest row (rounded up to ``pad_to_multiple_of``)."""
+    """Pads ``input_ids`` right to the longest row (rounded up to ``pad_to_multiple_of``); the labels are the
+    tokens from ``prompt_length`` on, none for a row marked ``counted: False`` (padding that evens out ranks)."""
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def __call__(self, rows: list[dict[str, Any]]) -> TrainingBatch:
         longest = max(len(row["input_ids"]) for row in rows)
         if self.pad_to_multiple_of:
             longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -29,18 +29,20 @@ class PadCollator:
             ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
             input_ids[i, : len(ids)] = ids
             attention_mask[i, : len(ids)] = 1
-            labels[i, row["prompt_length"] : len(ids)] = ids[row["prompt_length"] :]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            if row.get("counted", True):
+                labels[i, row["prompt_length"] : len(ids)] = ids[row["prompt_length"] :]
+        return TrainingBatch(input_ids, attention_mask, labels)
 
 
 @dataclass
 class PromptCollator:
-    """Left-pads prompts for batched generation and carries each problem's metadata along."""
+    """Left-pads prompts for batched generation and carries each problem's gold answers along."""
 
     pad_token_id: int
     benchmark: str
+    significant_figures: bool = False
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, rows: list[dict[str, Any]]) -> PromptBatch:
         longest = max(len(row["prompt_ids"]) for row in rows)
         input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
@@ -48,13 +50,12 @@ class PromptCollator:
             ids = torch.as_tensor(row["prompt_ids"], dtype=torch.long)
             input_ids[i, longest - len(ids) :] = ids
             attention_mask[i, longest - len(ids) :] = 1
-        return {
-            "prompt_input_ids": input_ids,
-            "prompt_attention_mask": attention_mask,
-            "benchmark": self.benchmark,
-            "ids": [row["id"] for row in rows],
-            "questions": [row["question"] for row in rows],
-            "answers": [row["answers"] for row in rows],
-            "counted": [row.get("counted", True) for row in rows],
-            "significant_figures": [row.get("significant_figures", False) for row in rows],
-        }
+        return PromptBatch(
+            input_ids,
+            attention_mask,
+            benchmark=self.benchmark,
+            ids=[row["id"] for row in rows],
+            answers=[row["answers"] for row in rows],
+            counted=[row.get("counted", True) for row in rows],
+            significant_figures=self.significant_figures,
+        )

@@ -7,17 +7,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import datasets
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lit_dft.data.collate import PadCollator, PromptCollator
-from lit_dft.data.formatting import BOXED_INSTRUCTION, PromptFormatter, PromptStyle, gsm8k_to_boxed
+from lit_dft.data.formatting import BOXED_INSTRUCTION, PromptFormatter, PromptStyle
 from lit_dft.data.presets import Preset, read_row, required_columns, resolve_preset
 from lit_dft.data.sampler import CountedRows, EpochShuffleSampler, PaddedShards
-from lit_dft.data.sources import load_champ, load_hub, load_local
+from lit_dft.data.sources import load_local, load_rows
 from lit_dft.errors import LitDFTError
+from lit_dft.evaluation.answers import gsm8k_to_boxed
 from lit_dft.models import EMBEDDED_MODEL, load_tokenizer
 
 _MODEL_COLUMNS = ["input_ids", "prompt_length"]
@@ -45,12 +47,7 @@ class EvalSet:
 def _eval_row(row: dict, index: int, preset: Preset) -> dict:
     normalised = read_row(row, preset)
     row_id = next((row[c] for c in _ID_COLUMNS if row.get(c) is not None), index)
-    return {
-        "id": str(row_id),
-        "question": normalised["question"],
-        "answers": normalised["answers"],
-        "significant_figures": preset.significant_figures,
-    }
+    return {"id": str(row_id), "question": normalised["question"], "answers": normalised["answers"]}
 
 
 def _encode_rows(
@@ -84,7 +81,7 @@ class MathDataModule(LightningDataModule):
     """A preset name (champ, gsm8k, math500, minerva_math, olympiadbench, aime24, amc23, numina, math,
     metamath) or an inline preset mapping the columns: {question: ..., solution: ..., answer: ...}."""
     path: str | None = None
-    """Local .jsonl/.json/.parquet/.csv file or folder; None loads the preset's hub data set (or CHAMP's package)."""
+    """Local .jsonl/.json/.parquet/.csv file or folder; None loads the preset's hub data set or package (CHAMP)."""
     val_path: str | None = None
     """Separate validation file or folder, read with the same preset. Overrides ``val_split``."""
     val_split: int | float = 0
@@ -139,16 +136,13 @@ class MathDataModule(LightningDataModule):
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
         self.eval_data: dict[str, list[dict]] | None = None
+        self._significant_figures: dict[str, bool] = {}  # per benchmark, from its preset
 
     # ---- reading -----------------------------------------------------------------------------------
 
-    def _raw(self, path: str | None, preset: Preset | None = None, name: str | None = None) -> datasets.Dataset:
-        preset = preset or self._preset
-        if path is not None:
-            return load_local(path)
-        if preset == resolve_preset("champ"):
-            return load_champ()
-        return load_hub(preset, name or str(self.preset))
+    @property
+    def _label(self) -> str:
+        return repr(self.preset) if isinstance(self.preset, str) else "(inline)"
 
     def _normalise(self, raw: datasets.Dataset, source: str) -> datasets.Dataset:
         """Rows in the preset's schema to question/solution/answers; skip and count unusable rows."""
@@ -195,7 +189,7 @@ class MathDataModule(LightningDataModule):
                 f"Preset {self.preset!r} has no reference solutions to train on; it is for evaluation only"
             )
         source = self.path or str(self.preset)
-        rows = self._normalise(self._raw(self.path), source)
+        rows = self._normalise(load_rows(self.path, self._preset, f"Preset {self._label}"), source)
         if len(rows) == 0:
             raise LitDFTError(f"{source}: no training examples left after filtering ({self._summary()})")
         if self.limit is not None and self.limit < len(rows):
@@ -236,7 +230,7 @@ class MathDataModule(LightningDataModule):
             preset, label = resolve_preset(spec.preset), spec.label
             if not preset.answer:
                 raise LitDFTError(f"Benchmark {label!r} has no gold answers (its preset names no answer column)")
-            raw = self._raw(spec.path, preset, label)
+            raw = load_rows(spec.path, preset, f"Eval set {label!r}", "its path")
             columns = [c for c in required_columns(preset, solution=False) if c not in raw.column_names]
             if columns:
                 raise LitDFTError(
@@ -258,6 +252,7 @@ class MathDataModule(LightningDataModule):
                     f"and a prompt shorter than max_length={self.max_length}"
                 )
             self.eval_data[label] = problems
+            self._significant_figures[label] = preset.significant_figures
             rank_zero_info(
                 f"{label}: {len(rows)} problems, {len(rows) - len(usable)} without question or gold answer, "
                 f"{len(usable) - len(problems)} prompts over max_length, {len(problems)} evaluated"
@@ -266,40 +261,55 @@ class MathDataModule(LightningDataModule):
     def _summary(self) -> str:
         return ", ".join(f"{k}: {v}" for k, v in self.report.items() if k.startswith(("rows", "skipped", "dropped")))
 
-    def _loader(self, dataset: datasets.Dataset, batch_size: int, sampler=None, loader_class=DataLoader) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, sampler=None, loader_class=DataLoader) -> DataLoader:
         return loader_class(
-            dataset.select_columns(_MODEL_COLUMNS),
+            dataset,
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=PadCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of),
         )
 
+    def _ranks(self) -> tuple[int, int]:
+        """(number of ranks, this rank) for the loaders that deal each row to exactly one rank."""
+        shards = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        return (shards["num_replicas"], shards["rank"]) if shards else (1, 0)
+
     def train_dataloader(self) -> StatefulDataLoader:
         """Stateful, so a checkpoint taken mid-epoch resumes at the next batch of the same order."""
         lengths = [len(ids) for ids in self.train_set["input_ids"]] if self.group_by_length else None
         sampler = EpochShuffleSampler(len(self.train_set), self.seed, lengths, self.batch_size)
-        return self._loader(self.train_set, self.batch_size, sampler, loader_class=StatefulDataLoader)
+        train_set = self.train_set.select_columns(_MODEL_COLUMNS)
+        return self._loader(train_set, self.batch_size, sampler, loader_class=StatefulDataLoader)
+
+    def probe_dataloader(
+        self, num_examples: int, source: Literal["train", "val"] = "train", seed: int = 0, batch_size: int = 8
+    ) -> DataLoader:
+        """A fixed sample of ``num_examples`` training (or validation) examples, the same for every run with this
+        ``seed``; each example is measured once over all ranks, every rank running the same number of batches."""
+        dataset = self.train_set if source == "train" else self.val_set
+        if dataset is None or len(dataset) == 0:
+            raise LitDFTError(f"The probe needs {source} examples and the data has none (see data.val_split)")
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        rows = dataset.select_columns(_MODEL_COLUMNS).select(sorted(order[:num_examples].tolist()))
+        return self._loader(CountedRows(rows), batch_size, PaddedShards(len(rows), *self._ranks()))
 
     def _benchmark_loaders(self) -> list[DataLoader]:
         """Each problem answered exactly once over all ranks, with the same number of batches on every rank."""
-        shards = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
-        ranks = (shards["num_replicas"], shards["rank"]) if shards else (1, 0)
         return [
             DataLoader(
                 CountedRows(problems),
                 batch_size=self.eval_batch_size or self.batch_size,
-                sampler=PaddedShards(len(problems), *ranks),
+                sampler=PaddedShards(len(problems), *self._ranks()),
                 num_workers=self.num_workers,
-                collate_fn=PromptCollator(self.tokenizer.pad_token_id, label),
+                collate_fn=PromptCollator(self.tokenizer.pad_token_id, label, self._significant_figures[label]),
             )
             for label, problems in self.eval_data.items()
         ]
 
     def val_dataloader(self) -> list[DataLoader]:
-        loaders = (
-            [self._loader(self.val_set, self.eval_batch_size or self.batch_size)] if self.val_set is not None else []
-        )
+        val_set = self.val_set.select_columns(_MODEL_COLUMNS) if self.val_set is not None else None
+        loaders = [self._loader(val_set, self.eval_batch_size or self.batch_size)] if val_set is not None else []
         return loaders + (self._benchmark_loaders() if self.validate_benchmarks else [])
 
     def test_dataloader(self) -> list[DataLoader]:

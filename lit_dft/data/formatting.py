@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,12 +11,6 @@ from lit_dft.errors import LitDFTError
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 PromptStyle = Literal["auto", "chat", "plain"]
-_GSM8K_FINAL = re.compile(r"\n?####\s*(.+?)\s*$")
-
-
-def gsm8k_to_boxed(solution: str) -> str:
-    """Rewrite GSM8K's closing ``#### 18`` as ``\\boxed{18}`` so training and evaluation agree."""
-    return _GSM8K_FINAL.sub(lambda m: f"\nThe final answer is $\\boxed{{{m.group(1)}}}$.", solution)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Presets: declarative records saying where a math data set lives and how to read its rows.
 
-A preset is data, not code. Add one in YAML instead of a name::
+A preset is data, not code. Its source is a local file (``data.path``), a hub data set (``hub_id``) or a
+Python package (``package``, e.g. CHAMP's). Add one in YAML instead of a name::
 
     data:
       preset: {question: prompt, solution: completion, answer: final}
@@ -17,9 +18,9 @@ from string import Formatter
 from typing import Any, Literal
 
 from lit_dft.errors import LitDFTError
-from lit_dft.evaluation.answers import gsm8k_answer, last_boxed
+from lit_dft.evaluation.answers import answer_reader
 
-AnswerFormat = Literal["text", "boxed", "gsm8k", "answer_is", "list"]
+Source = Literal["local", "hub", "package"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,10 @@ class Preset:
     answer: str | None = "answer"
     """Field the final answer is read from (see ``answer_format``). None: no gold answer. A unit in parentheses
     at the end of a gold answer ("9 (apples)") is dropped, so a boxed 9 counts as correct."""
-    answer_format: AnswerFormat = "text"
-    """How to read the answer field: ``text`` as is, ``boxed`` its last \\boxed{}, ``gsm8k`` after ``####``,
-    ``answer_is`` after "The answer is:", ``list`` a list of answers that must all match."""
+    answer_format: str = "text"
+    """How to read the answer field: a reader of ``lit_dft.evaluation.ANSWER_READERS`` (``text`` as is, ``boxed``
+    its last \\boxed{}, ``gsm8k`` after ``####``, ``answer_is`` after "The answer is", or one you registered), or
+    ``list``: a list of answers, each as text, that must all match."""
     significant_figures: bool = False
     """Match numeric answers at the precision the gold states (``4.5e33``: two figures, so ``4.52e33`` is correct);
     for measured quantities (Minerva Math's physics). Off: numbers must be equal."""
@@ -44,17 +46,23 @@ class Preset:
     assistant turns."""
     hub_id: str | None = None
     """Hugging Face hub data set used when no local ``path`` is given."""
+    package: str | None = None
+    """Python package the rows come from when no local ``path`` is given (``champ-dataset``)."""
     hub_config: str | None = None
     """Configuration name of the hub data set (e.g. ``main`` for GSM8K)."""
     split: str = "train"
     """Split to read from the hub."""
 
+    def __post_init__(self) -> None:
+        if self.answer_format != "list":
+            answer_reader(self.answer_format)  # an unknown name fails here, with the known ones
+        if self.hub_id and self.package:
+            raise LitDFTError(f"A preset reads from the hub ({self.hub_id}) or a package ({self.package}), not both")
 
-def _answer_is(text: str) -> str | None:
-    marker = "The answer is:"
-    if marker not in text:
-        return None
-    return text.rsplit(marker, 1)[1].strip() or None
+    @property
+    def source(self) -> Source:
+        """Where the rows come from when no local path is given; ``local``: only from a path."""
+        return "hub" if self.hub_id else "package" if self.package else "local"
 
 
 PRESETS: dict[str, Preset] = {
@@ -77,7 +85,7 @@ PRESETS: dict[str, Preset] = {
     "olympiadbench": Preset(answer="final_answer", answer_format="list", split="test"),
     "aime24": Preset(question="problem", hub_id="HuggingFaceH4/aime_2024"),
     "amc23": Preset(solution=None, split="test"),
-    "champ": Preset(),  # rows come from the champ-dataset package already in this schema
+    "champ": Preset(package="champ-dataset"),  # rows already in this schema
 }
 
 
@@ -155,10 +163,7 @@ def gold_answers(preset: Preset, row: dict[str, Any]) -> list[str]:
         answers = [_text(v, numbers=True) for v in values]
         return [strip_unit(a) for a in answers] if answers and all(answers) else []
     text = _text(value, numbers=True)
-    if text is None:
-        return []
-    readers = {"text": lambda t: t, "boxed": last_boxed, "gsm8k": gsm8k_answer, "answer_is": _answer_is}
-    answer = readers[preset.answer_format](text)
+    answer = answer_reader(preset.answer_format)(text) if text is not None else None
     return [strip_unit(answer)] if answer else []
 
 

@@ -61,7 +61,8 @@ class PaddedShards(DistributedSampler):
 
 
 class CountedRows(Dataset):
-    """Rows with a ``counted`` flag: True for the real ones, False for the padding positions past the end."""
+    """Rows with a ``counted`` flag: True for the real ones, False for the padding positions past the end
+    (which repeat rows from the start; collators answer them but score or train nothing on them)."""
 
     def __init__(self, rows: Sequence[dict]) -> None:
         self.rows = rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -87,10 +88,24 @@ def load_local(path: str | Path) -> datasets.Dataset:
     return rows
 
 
-def load_hub(preset: Preset, name: str) -> datasets.Dataset:
+def load_rows(path: str | None, preset: Preset, name: str, path_key: str = "data.path") -> datasets.Dataset:
+    """The raw rows: from ``path`` when given, else from the preset's hub data set or package (``name`` and
+    ``path_key`` say which data set and which setting in the message when there is neither)."""
+    if path is not None:
+        return load_local(path)
+    if preset.source == "local":
+        raise LitDFTError(
+            f"{name}: no data source: the preset names no hub_id or package, so set {path_key} to a local file or folder"
+        )
+    if preset.source == "package":
+        if preset.package not in PACKAGES:
+            raise LitDFTError(f"{name}: unknown package source {preset.package!r}; known: {', '.join(PACKAGES)}")
+        return PACKAGES[preset.package]()
+    return load_hub(preset)
+
+
+def load_hub(preset: Preset) -> datasets.Dataset:
     """The preset's hub data set (needs network, or a warm Hugging Face cache)."""
-    if not preset.hub_id:
-        raise LitDFTError(f"Preset {name!r} has no hub source: give a local file with data.path")
     try:
         return datasets.load_dataset(preset.hub_id, preset.hub_config, split=preset.split)
     except Exception as error:  # the hub raises many types: connection, auth, missing repo
@@ -115,3 +130,7 @@ def load_champ() -> datasets.Dataset:
         for problem in problems.values()
     ]
     return datasets.Dataset.from_list(rows)
+
+
+PACKAGES: dict[str, Callable[[], datasets.Dataset]] = {"champ-dataset": load_champ}
+"""Package sources by the name a preset's ``package`` gives."""

@@ -1,7 +1,24 @@
-"""Math evaluation: answer extraction, equivalence checking, accuracy metrics."""
+"""Math evaluation: answer readers, equivalence checking, accuracy metrics."""
 
-from lit_dft.evaluation.answers import extract_answer, gsm8k_answer, last_boxed
+from lit_dft.evaluation.answers import (
+    ANSWER_READERS,
+    answer_reader,
+    extract_answer,
+    gsm8k_answer,
+    last_boxed,
+    register_answer_reader,
+)
 from lit_dft.evaluation.checking import AnswerChecker, Verdict
 from lit_dft.evaluation.metrics import MathAccuracy
 
-__all__ = ["AnswerChecker", "MathAccuracy", "Verdict", "extract_answer", "gsm8k_answer", "last_boxed"]
+__all__ = [
+    "ANSWER_READERS",
+    "AnswerChecker",
+    "MathAccuracy",
+    "Verdict",
+    "answer_reader",
+    "extract_answer",
+    "gsm8k_answer",
+    "last_boxed",
+    "register_answer_reader",
+]

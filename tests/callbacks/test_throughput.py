@@ -6,7 +6,7 @@ from lightning.pytorch.loggers import Logger
 from lit_dft.callbacks import TokenThroughput
 from lit_dft.callbacks.throughput import compute_dtype
 from lit_dft.strategies import FSDP2Strategy
-from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
+from tests.helpers import MicroModule, SGDModule, loader, quiet_trainer, uneven_rows
 
 
 class _Clock:
@@ -19,10 +19,8 @@ class _Clock:
         return self.now
 
 
-class _TimedModule(MicroModule):
-    def __init__(self, clock: _Clock) -> None:
-        super().__init__()
-        self.clock = clock
+class _TimedModule(SGDModule):
+    clock: _Clock
 
     def training_step(self, batch, batch_idx):
         self.clock.now += 1.0
@@ -51,7 +49,8 @@ def test_tokens_per_second_leave_out_validation_time():
     clock, logger = _Clock(), _MemoryLogger()
     throughput = TokenThroughput(every_n_steps=2)
     throughput._clock = clock
-    module = _TimedModule(clock)
+    module = MicroModule(module_class=_TimedModule)
+    module.clock = clock
     module.configure_model()
     rows = uneven_rows()
     trainer = quiet_trainer(
@@ -59,9 +58,9 @@ def test_tokens_per_second_leave_out_validation_time():
     )
     trainer.fit(module, loader(rows, 2), loader(rows[:2], 2))
     batches = list(loader(rows, 2))
-    second_window = sum(int(b["attention_mask"].sum()) for b in batches[2:4])  # two 1-second batches
+    second_window = sum(int(b.attention_mask.sum()) for b in batches[2:4])  # two 1-second batches
     assert logger.metrics[4]["perf/tokens_per_s"] == second_window / 2.0
-    first_window = int(batches[1]["attention_mask"].sum())  # the clock starts after the first batch
+    first_window = int(batches[1].attention_mask.sum())  # the clock starts after the first batch
     assert logger.metrics[2]["perf/tokens_per_s"] == first_window / 1.0
 
 

@@ -9,6 +9,7 @@ from lit_dft.callbacks import ProbeTokenProbabilities, TokenCategories, TokenPro
 from lit_dft.callbacks.token_stats import ProbabilityCounts, paper_bin_labels
 from lit_dft.cli import main
 from lit_dft.data import MathDataModule
+from lit_dft.errors import LitDFTError
 from lit_dft.models import TINY_MODEL, load_tokenizer
 from lit_dft.module import CausalLMModule
 from tests.conftest import smoke_run_dir
@@ -90,6 +91,8 @@ def test_token_categories_partition_the_vocabulary_and_rules_are_configurable():
     custom = TokenCategories(rules={"digit": r"^\d$"})
     assert custom.names == ["digit", "other"]
     assert custom.table(tokenizer)[tokenizer.convert_tokens_to_ids("7")] == 0
+    with pytest.raises(LitDFTError, match=r"Token category 'bad': '\(' is not a regular expression"):
+        TokenCategories(rules={"bad": "("}).table(tokenizer)
 
 
 def _histogram_run(tmp_path, **trainer_kwargs):
@@ -115,6 +118,28 @@ def test_two_process_ddp_logs_the_same_counts_as_one_process(tmp_path):
     assert list(two.bucket) == list(one.bucket)
 
 
+def _probe_tokens(tmp_path, **trainer_kwargs) -> dict[int, float]:
+    """Probe-histogram totals by step of a 1-step fit of the tiny model, its 7-example probe in batches of 2."""
+    data = MathDataModule(tokenizer_name_or_path=TINY_MODEL, limit=12, max_length=128, batch_size=2)
+    trainer = quiet_trainer(
+        max_steps=1,
+        logger=TensorBoardLogger(tmp_path, name=""),
+        callbacks=[ProbeTokenProbabilities(num_examples=7, batch_size=2, seed=5)],
+        **trainer_kwargs,
+    )
+    trainer.fit(CausalLMModule(TINY_MODEL), data)
+    return _histogram_totals(_events(tmp_path), "probe/target_prob_hist")
+
+
+def test_two_process_probe_measures_every_probe_token_once(tmp_path):
+    data = MathDataModule(tokenizer_name_or_path=TINY_MODEL, limit=12, max_length=128)
+    data.setup("fit")
+    indices = torch.randperm(len(data.train_set), generator=torch.Generator().manual_seed(5))[:7].tolist()
+    expected = sum(len(data.train_set[i]["input_ids"]) - data.train_set[i]["prompt_length"] for i in indices)
+    # 7 rows on 2 ranks: 4 and 3, so rank 1 runs a padding row that must count nothing
+    assert _probe_tokens(tmp_path, strategy="ddp_spawn", devices=2) == {0: expected}
+
+
 def test_histogram_counts_every_micro_batch_of_an_accumulation_window(tmp_path):
     histogram = _histogram_run(tmp_path, accumulate_grad_batches=4)  # 4 micro-batches of 2 rows
     assert histogram.num == sum(len(r["input_ids"]) - r["prompt_length"] for r in uneven_rows())
@@ -137,14 +162,21 @@ def test_without_tensorboard_it_warns_once_and_logs_fractions_as_scalars(tmp_pat
     assert sum(1 for row in rows if row.get(column)) == 3
 
 
-def test_plot_polarization_writes_png_and_csv_for_two_runs(tmp_path, tmp_path_factory):
+def test_plot_polarization_writes_each_runs_last_probe(tmp_path, tmp_path_factory):
     runs = [smoke_run_dir(loss, tmp_path_factory) for loss in ("sft", "dft")]
     main(["plot-polarization", *map(str, runs), "--names", "SFT", "DFT", "-o", str(tmp_path / "fig.png")])
     assert (tmp_path / "fig.png").stat().st_size > 10_000
     rows = list(csv.reader((tmp_path / "fig.csv").open()))
     assert rows[0] == ["bin", "base", "SFT", "DFT"] and len(rows) == 14
-    for series in range(1, 4):
-        assert sum(float(row[series]) for row in rows[1:]) == pytest.approx(100.0, abs=1e-2)
+    logged = [{label: _scalar(_events(run), f"probe/prob_bin/{label}") for label in paper_bin_labels()} for run in runs]
+    expected = {
+        "base": [logged[0][label][0] for label in paper_bin_labels()],  # the first run's probe before training
+        "SFT": [logged[0][label][max(logged[0][label])] for label in paper_bin_labels()],  # each run's last probe
+        "DFT": [logged[1][label][max(logged[1][label])] for label in paper_bin_labels()],
+    }
+    assert expected["SFT"] != expected["base"], "the last probe must differ from the first for the test to bite"
+    for column, series in enumerate(rows[0][1:], start=1):
+        assert [float(row[column]) for row in rows[1:]] == pytest.approx([100 * f for f in expected[series]], abs=1e-4)
 
 
 def test_callbacks_keep_their_configured_settings_on_resume():
@@ -162,10 +194,10 @@ class _AutocastRecorder(CausalLMModule):
         super().__init__(TINY_MODEL, loss="dft")
         self.probe_autocast: list[bool] = []
 
-    def token_losses(self, batch):
+    def token_outputs(self, batch):
         if not self.training:  # the probe measures in eval mode
             self.probe_autocast.append(torch.is_autocast_enabled("cpu"))
-        return super().token_losses(batch)
+        return super().token_outputs(batch)
 
 
 def test_probe_measures_under_the_trainer_precision(tmp_path):

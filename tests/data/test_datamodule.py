@@ -34,7 +34,7 @@ def _source_rows(path, preset, n):
 def _decode_examples(dm, n):
     batch = PadCollator(dm.tokenizer.pad_token_id)([dm.train_set[i] for i in range(n)])
     for i in range(n):
-        ids, labels = batch["input_ids"][i], batch["labels"][i]
+        ids, labels = batch.input_ids[i], batch.labels[i]
         trained = labels[labels != -100]
         prompt = ids[: dm.train_set[i]["prompt_length"]]
         yield dm.tokenizer.decode(prompt), dm.tokenizer.decode(trained), trained
@@ -317,3 +317,33 @@ def test_only_a_trailing_word_unit_is_stripped(gold, expected):
     from lit_dft.data.presets import strip_unit
 
     assert strip_unit(gold) == expected
+
+
+def test_a_preset_without_path_hub_or_package_is_refused_with_one_line(tmp_path):
+    from lit_dft.data.datamodule import EvalSet
+
+    assert resolve_preset("champ").source == "package" and resolve_preset("gsm8k").source == "hub"
+    assert Preset().source == "local"  # the default columns are not CHAMP: they name no source
+    with pytest.raises(LitDFTError, match=r"Preset \(inline\): no data source.*set data.path"):
+        _module(preset={"question": "q", "solution": "s"}).setup("fit")
+    with pytest.raises(LitDFTError, match="Eval set 'minerva_math': no data source.*set its path"):
+        _module(eval_sets=[EvalSet("minerva_math")]).setup("test")
+    with pytest.raises(LitDFTError, match="hub .* or a package .*, not both"):
+        Preset(hub_id="org/data", package="champ-dataset")
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_probe_is_the_seeded_sample_measured_once_over_the_ranks(ranks):
+    from types import SimpleNamespace
+
+    dm = _module(preset="champ", limit=20, max_length=256)
+    dm.setup("fit")
+    indices = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:7].tolist()
+    expected = sum(len(dm.train_set[i]["input_ids"]) - dm.train_set[i]["prompt_length"] for i in indices)
+    targets, batches = 0, set()
+    for rank in range(ranks):
+        dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": ranks, "rank": rank})
+        loader = list(dm.probe_dataloader(num_examples=7, seed=3, batch_size=2))
+        batches.add(len(loader))
+        targets += sum(int((batch.targets != -100).sum()) for batch in loader)
+    assert targets == expected and len(batches) == 1  # every example once; every rank runs as many forwards

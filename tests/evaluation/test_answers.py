@@ -77,3 +77,47 @@ def test_missing_answer_and_pathological_expression_count_as_incorrect_with_a_re
         assert checker.check("2", ["2.0"]).correct, "a fresh worker replaces the killed one"
     finally:
         checker.close()
+
+
+def test_answer_formats_are_one_registry_that_presets_use(tmp_path):
+    from lit_dft.data.presets import Preset, gold_answers
+    from lit_dft.errors import LitDFTError
+    from lit_dft.evaluation import ANSWER_READERS, register_answer_reader
+    from lit_dft.evaluation.answers import gsm8k_to_boxed
+
+    row = {"question": "q", "solution": "s", "answer": "Final: 42 (units)"}
+    register_answer_reader("after_colon", lambda text: text.split(":", 1)[1].strip())
+    try:
+        assert gold_answers(Preset(answer_format="after_colon"), row) == ["42"]
+    finally:
+        del ANSWER_READERS["after_colon"]
+    with pytest.raises(LitDFTError, match="Unknown answer_format 'after_colon'. Known: answer_is, boxed, gsm8k"):
+        Preset(answer_format="after_colon")
+    assert gold_answers(Preset(answer_format="answer_is"), {"answer": "So 3+4=7.\nThe answer is: 7"}) == ["7"]
+    assert gsm8k_to_boxed("3 + 4 = 7\n#### 7") == "3 + 4 = 7\nThe final answer is $\\boxed{7}$."
+    assert extract_answer(gsm8k_to_boxed("a\n#### 1,000")) == "1,000" and gsm8k_to_boxed("no marker") == "no marker"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("So 3+4=7.\nThe answer is: 7", "7"),
+        ("The answer is: \\$5", "\\$5"),
+        ("The answer is: $3$ or $5$", "$3$ or $5$"),
+        ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("The answer is: 5.", "5"),
+        ("The answer is:", None),
+        ("The answer is: .", None),
+        ("the answer is 2\nthen the final answer is 3", "3"),
+    ],
+)
+def test_answer_is_reads_the_rest_of_the_line(text, expected):
+    from lit_dft.evaluation.answers import answer_is
+
+    assert answer_is(text) == expected
+
+
+def test_gsm8k_to_boxed_leaves_a_marker_before_other_lines_alone():
+    from lit_dft.evaluation.answers import gsm8k_to_boxed
+
+    assert gsm8k_to_boxed("a\n#### 18\nextra") == "a\n#### 18\nextra"

@@ -4,16 +4,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 import lit_dft.module
+from lit_dft.batch import PromptBatch
 from lit_dft.cli import main
 from lit_dft.data import MathDataModule
 from lit_dft.data.datamodule import EvalSet
 from lit_dft.errors import LitDFTError
 from lit_dft.evaluation import MathAccuracy
+from lit_dft.generation import GenerationArgs
 from lit_dft.models import TINY_MODEL
 from lit_dft.module import CausalLMModule
-from tests.conftest import SHARED_DATA, smoke_run_dir
+from tests.conftest import SHARED_DATA, micro_llama, smoke_run_dir
 
 BENCHMARKS = {
     "math500": "math500/test.jsonl",
@@ -48,13 +51,13 @@ def _run_with_stand_in(monkeypatch, emit) -> dict[str, dict]:
 
     def fake_generate(model, tokenizer, batch, sampling, should_stop=None):
         texts = []
-        for i, problem_id in enumerate(batch["ids"]):
+        for i, problem_id in enumerate(batch.ids):
             source = next(
                 r
-                for j, r in sources[batch["benchmark"]].items()
+                for j, r in sources[batch.benchmark].items()
                 if str(next((r[c] for c in ("id", "unique_id", "idx") if r.get(c) is not None), j)) == problem_id
             )
-            texts.append(emit(batch["benchmark"], {**source, "gold": batch["answers"][i]}))
+            texts.append(emit(batch.benchmark, {**source, "gold": batch.answers[i]}))
         return texts
 
     monkeypatch.setattr(lit_dft.module, "generate", fake_generate)
@@ -95,7 +98,7 @@ def _ddp_worker(rank: int, world: int, port: int, results) -> None:
 
 def test_metric_reduces_across_two_processes():
     results = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, 29517, results), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, find_free_network_port(), results), nprocs=2)
     assert results[0] == results[1] == pytest.approx((6 / 10, 4 / 5, 5.0))
 
 
@@ -120,7 +123,7 @@ def test_lit_dft_test_end_to_end_writes_accuracies_and_predictions(tmp_path):
             "--config",
             "configs/eval.yaml",
             "--model.model_name_or_path=tiny",
-            "--model.max_new_tokens=8",
+            "--model.generation.max_new_tokens=8",
             "--data.eval_limit=2",
             f"--trainer.default_root_dir={tmp_path}",
             f"--trainer.callbacks.init_args.path={predictions}",
@@ -133,9 +136,9 @@ def test_lit_dft_test_end_to_end_writes_accuracies_and_predictions(tmp_path):
     assert all(r["reason"] for r in records if not r["correct"])
 
 
-def test_checkpoint_of_another_model_is_reported(tmp_path_factory):
+def test_checkpoint_of_another_model_is_reported(tmp_path_factory, tokenizer):
     (ckpt,) = smoke_run_dir("dft", tmp_path_factory).rglob("last.ckpt")
-    module = CausalLMModule("smollm2-135m-instruct")
+    module = CausalLMModule.from_model(micro_llama(vocab_size=49_152), tokenizer)  # the tiny model's vocabulary
     module.configure_model()
     with pytest.raises(LitDFTError, match="Checkpoint does not match model"):
         module.on_load_checkpoint(torch.load(ckpt, weights_only=True))
@@ -160,7 +163,7 @@ def test_two_processes_answer_each_problem_exactly_once(tmp_path, shared_data):
         enable_progress_bar=False,
         callbacks=[PredictionWriter(str(tmp_path / "p.jsonl"))],
     )
-    trainer.test(CausalLMModule(TINY_MODEL, max_new_tokens=2), data)
+    trainer.test(CausalLMModule(TINY_MODEL, generation=GenerationArgs(max_new_tokens=2)), data)
     assert trainer.callback_metrics["test/aime24/problems"] == 3
     records = [json.loads(line) for rank in (0, 1) for line in (tmp_path / f"p.rank{rank}.jsonl").open()]
     assert sorted(r["id"] for r in records) == sorted({r["id"] for r in records}) and len(records) == 3
@@ -169,13 +172,14 @@ def test_two_processes_answer_each_problem_exactly_once(tmp_path, shared_data):
 def test_score_reads_the_k_samples_of_each_problem_in_order():
     from lit_dft.generation import score
 
-    batch = {"ids": ["a", "b", "c"], "answers": [["1"], ["2"], ["3"]], "benchmark": "toy"}
+    prompts = torch.ones(3, 2, dtype=torch.long)
+    batch = PromptBatch(prompts, prompts, "toy", ["a", "b", "c"], [["1"], ["2"], ["3"]], [True, True, True])
     # problem i's sample j is right exactly when j == i: each sample is in its own place
     texts = [f"\\boxed{{{i + 1 if j == i else 9}}}" for i in range(3) for j in range(4)]
     checker = AnswerCheckerForTest()
     correct, records = score(texts, batch, 4, checker)
     assert correct.tolist() == [[j == i for j in range(4)] for i in range(3)]
-    assert [(r["id"], r["sample"], r["correct"]) for r in records[:5]] == [
+    assert [(r.id, r.sample, r.correct) for r in records[:5]] == [
         ("a", 0, True),
         ("a", 1, False),
         ("a", 2, False),
@@ -197,8 +201,8 @@ def test_lit_dft_test_logs_each_benchmark_accuracy_and_the_mean(monkeypatch, tmp
     from lit_dft.cli import LitDFTCLI
 
     def perfect_on_math500(model, tokenizer, batch, sampling, should_stop=None):
-        right = batch["benchmark"] == "math500"
-        return [f"The answer is \\boxed{{{gold[0] if right else 'banana'}}}." for gold in batch["answers"]]
+        right = batch.benchmark == "math500"
+        return [f"The answer is \\boxed{{{gold[0] if right else 'banana'}}}." for gold in batch.answers]
 
     monkeypatch.setattr(lit_dft.module, "generate", perfect_on_math500)
     args = ["test", "--config", "configs/eval.yaml", "--model.model_name_or_path=tiny", "--data.eval_limit=3"]

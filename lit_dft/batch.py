@@ -1,0 +1,123 @@
+"""The contracts between data, loss and callbacks: typed batches in, typed token outputs and predictions out.
+
+The data module builds :class:`TrainingBatch` and :class:`PromptBatch`; the module turns a training batch
+into :class:`TokenOutputs` and a prompt batch into :class:`Prediction` records; callbacks read only those.
+None of them reads another's dict keys or internals. A new per-token quantity an objective or a callback
+needs (entropy, a reference model's log-probabilities) becomes a field of :class:`TokenOutputs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+"""Label of positions that are not trained: the prompt and the padding."""
+
+_STEP_KEY = "token_outputs"  # where ``training_step``'s dict carries the outputs (Lightning wants a dict with "loss")
+
+
+class _Movable:
+    """``.to(device)`` for a dataclass of tensors and plain values, which is how Lightning moves batches."""
+
+    def to(self, device: torch.device | str):
+        return replace(
+            self, **{f.name: v.to(device) for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
+        )
+
+
+@dataclass
+class TrainingBatch(_Movable):
+    """Right-padded examples with their labels: what the token objective trains and validates on."""
+
+    input_ids: Tensor
+    """``(B, T)`` token ids, prompt then response, padded on the right."""
+    attention_mask: Tensor
+    """``(B, T)`` 1 on real tokens, 0 on padding."""
+    labels: Tensor
+    """``(B, T)`` the token ids where trained (the response), ``IGNORE_INDEX`` elsewhere."""
+
+    @property
+    def targets(self) -> Tensor:
+        """``(B, T-1)``: the token each position predicts (the labels shifted left), ``IGNORE_INDEX`` where untrained."""
+        return self.labels[:, 1:]
+
+    @property
+    def num_tokens(self) -> Tensor:
+        """Real (non-padding) tokens in the batch, a 0-d tensor."""
+        return self.attention_mask.sum()
+
+
+@dataclass
+class PromptBatch(_Movable):
+    """Left-padded prompts of one benchmark's problems, answered by generation, with what scoring needs."""
+
+    input_ids: Tensor
+    """``(B, T)`` prompt token ids, padded on the left."""
+    attention_mask: Tensor
+    """``(B, T)`` 1 on prompt tokens, 0 on padding."""
+    benchmark: str
+    """Name of the benchmark in logs and predictions."""
+    ids: list[str]
+    """Problem ids."""
+    answers: list[list[str]]
+    """Gold answers per problem (several only for list answers, all of which must match)."""
+    counted: list[bool]
+    """False for padding rows that give every rank the same number of batches: answered, never scored."""
+    significant_figures: bool = False
+    """Match numbers at the precision the gold states (the benchmark's preset says so)."""
+
+
+@dataclass
+class TokenOutputs:
+    """What one forward pass over a :class:`TrainingBatch` gives: the objective's loss and every target token's
+    log-probability, so callbacks see them without a second forward pass."""
+
+    loss: Tensor
+    """Sum of the objective's token losses over the batch's target tokens (normalising is the module's job)."""
+    target_log_probs: Tensor
+    """``(B, T-1)`` detached ``log p_t`` in float32 or wider; 0 where ``target_mask`` is False."""
+    target_mask: Tensor
+    """``(B, T-1)`` bool: True at positions whose next token is trained."""
+    target_ids: Tensor
+    """``(B, T-1)`` the target token at each position, ``IGNORE_INDEX`` where ``target_mask`` is False."""
+
+    @property
+    def log_probs(self) -> Tensor:
+        """The target tokens' log-probabilities, flat, in batch order."""
+        return self.target_log_probs[self.target_mask]
+
+    def step_output(self) -> dict[str, Any]:
+        """``training_step``'s return value: Lightning back-propagates ``loss``; callbacks get these outputs (loss
+        detached) back through :meth:`of`."""
+        return {"loss": self.loss, _STEP_KEY: replace(self, loss=self.loss.detach())}
+
+    @staticmethod
+    def of(outputs: Any) -> TokenOutputs | None:
+        """The token outputs in what a step hook received as ``outputs``; None when the step produced none."""
+        if isinstance(outputs, TokenOutputs):
+            return outputs
+        found = outputs.get(_STEP_KEY) if isinstance(outputs, Mapping) else None
+        return found if isinstance(found, TokenOutputs) else None
+
+
+@dataclass(frozen=True)
+class Prediction(_Movable):
+    """One generated answer to one problem, checked against the gold answers (movable, like a batch, because
+    Lightning moves predict outputs to the CPU)."""
+
+    benchmark: str
+    id: str
+    sample: int
+    """Index of the sample among the problem's k."""
+    gold: list[str]
+    generation: str
+    extracted: str | None
+    """The final answer read from the generation; None when there is none."""
+    correct: bool
+    reason: str
+    """Why it is incorrect: no answer, timeout, not equivalent, checker error; empty when correct."""

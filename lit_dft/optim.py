@@ -1,0 +1,47 @@
+"""The optimiser: AdamW without decay on biases and norms, linear warm-up, then cosine decay (the paper's)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class OptimizerArgs:
+    """AdamW and its learning-rate schedule; the defaults are the paper's."""
+
+    learning_rate: float = 5e-5
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's betas."""
+    weight_decay: float = 0.01
+    """Weight decay, not applied to biases and norm weights."""
+    warmup_ratio: float = 0.1
+    """Fraction of the optimiser steps spent in linear warm-up, before the cosine decay."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of the peak."""
+
+
+def configure_adamw(params: Iterable[torch.nn.Parameter], args: OptimizerArgs, total_steps: int) -> dict[str, Any]:
+    """AdamW over the trainable ``params`` and its per-step schedule, as ``configure_optimizers`` returns them."""
+    params = [p for p in params if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=tuple(args.betas))
+    total = max(1, total_steps)
+    warmup = math.ceil(args.warmup_ratio * total)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

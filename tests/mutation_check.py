@@ -1,0 +1,179 @@
+"""Mutation check: break one behaviour at a time in a copy of the project and require a named test to fail.
+
+Not part of the default test run (a few minutes). Run it after changing tests or behaviour::
+
+    python -m tests.mutation_check            # every mutation
+    python -m tests.mutation_check -k probe   # those whose name contains "probe"
+
+Each mutation replaces one piece of code in ``lit_dft`` (the text must occur exactly once, so a mutation
+that no longer applies fails loudly instead of passing) and runs only the tests that must catch it. When
+a bug slips past the suite, add the bug here with the test that now catches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    """Path under the project root."""
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    """Test ids, at least one of which must fail."""
+
+
+MUTATIONS = [
+    Mutation(
+        "histogram counts only the last micro-batch of an accumulation window",
+        "lit_dft/callbacks/token_probs.py",
+        "        if logging_step and token_outputs is not None:\n",
+        "        if logging_step and token_outputs is not None:\n            self.stats = None\n",
+        ("tests/callbacks/test_token_probs.py::test_histogram_counts_every_micro_batch_of_an_accumulation_window",),
+    ),
+    Mutation(
+        "every rank measures every probe row",
+        "lit_dft/data/datamodule.py",
+        "PaddedShards(len(rows), *self._ranks())",
+        "PaddedShards(len(rows))",
+        (
+            "tests/callbacks/test_token_probs.py::test_two_process_probe_measures_every_probe_token_once",
+            "tests/data/test_datamodule.py::test_probe_is_the_seeded_sample_measured_once_over_the_ranks",
+        ),
+    ),
+    Mutation(
+        "score reads the k samples of a problem in the wrong order",
+        "lit_dft/generation.py",
+        "text = texts[i * num_samples + j]",
+        "text = texts[j * len(batch.ids) + i]",
+        ("tests/evaluation/test_pipeline.py::test_score_reads_the_k_samples_of_each_problem_in_order",),
+    ),
+    Mutation(
+        "lit-dft test logs no accuracy",
+        "lit_dft/module.py",
+        '    def on_test_epoch_end(self) -> None:\n        self._log_benchmarks("test")',
+        "    def on_test_epoch_end(self) -> None:\n        self.eval_metrics.clear()",
+        ("tests/evaluation/test_pipeline.py::test_lit_dft_test_logs_each_benchmark_accuracy_and_the_mean",),
+    ),
+    Mutation(
+        "plot-polarization plots each run's first probe",
+        "lit_dft/plot.py",
+        "table[name] = fractions[max(fractions)]",
+        "table[name] = fractions[min(fractions)]",
+        ("tests/callbacks/test_token_probs.py::test_plot_polarization_writes_each_runs_last_probe",),
+    ),
+    Mutation(
+        "val/nll averaged per batch instead of per token",
+        "lit_dft/module.py",
+        "metric.update(values[name])",
+        "metric.update(values[name].mean())",
+        ("tests/test_module.py::test_validation_loss_is_a_mean_over_tokens_not_batches",),
+    ),
+    Mutation(
+        "ExportOnFitEnd does nothing",
+        "lit_dft/callbacks/export.py",
+        "        weights = full_state_dict(pl_module.model)",
+        "        return\n        weights = full_state_dict(pl_module.model)",
+        ("tests/test_fsdp.py::test_two_process_fsdp_matches_one_process_on_the_same_global_batch",),
+    ),
+    Mutation(
+        "a constant learning rate instead of warm-up and cosine decay",
+        "lit_dft/optim.py",
+        "    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)",
+        "    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)",
+        ("tests/test_module.py::test_learning_rate_follows_warm_up_and_cosine_and_decay_skips_biases_and_norms",),
+    ),
+    Mutation(
+        "DFT's weight is not under stop-gradient",
+        "lit_dft/objectives.py",
+        "weight = torch.exp(self.alpha * target_log_probs.detach())",
+        "weight = torch.exp(self.alpha * target_log_probs)",
+        ("tests/test_objectives.py",),
+    ),
+    Mutation(
+        "gradients are not normalised over the global batch",
+        "lit_dft/module.py",
+        "        for grad in grads:\n            grad.mul_(scale)",
+        "        for grad in grads:\n            grad.mul_(1.0)",
+        ("tests/test_module.py::test_gradient_does_not_depend_on_how_the_batch_is_split",),
+    ),
+    Mutation(
+        "the chunked loss's head gradient is dropped",
+        "lit_dft/token_loss.py",
+        "        return grad_hidden, grad_weight, None, None, None",
+        "        return grad_hidden, None, None, None, None",
+        ("tests/test_token_loss.py",),
+    ),
+    Mutation(
+        "the prompt is trained",
+        "lit_dft/data/collate.py",
+        'labels[i, row["prompt_length"] : len(ids)] = ids[row["prompt_length"] :]',
+        "labels[i, : len(ids)] = ids",
+        ("tests/test_batch.py", "tests/data/test_datamodule.py"),
+    ),
+    Mutation(
+        "padding problems are scored",
+        "lit_dft/generation.py",
+        "counted = [i for i, keep in enumerate(batch.counted) if keep]",
+        "counted = list(range(len(batch.ids)))",
+        ("tests/evaluation/test_pipeline.py::test_two_processes_answer_each_problem_exactly_once",),
+    ),
+]
+
+
+def _run(mutation: Mutation) -> tuple[bool, float]:
+    """Whether a named test failed on the mutated copy, and how long it took."""
+    with tempfile.TemporaryDirectory(prefix="lit_dft_mutation_") as tmp:
+        copy = Path(tmp) / "project"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".*", "runs", "lightning_logs", "__pycache__"))
+        shared = ROOT.parent / "shared"
+        if shared.is_dir():
+            (Path(tmp) / "shared").symlink_to(shared)  # the tests read ../shared/data
+        target = copy / mutation.file
+        text = target.read_text()
+        if text.count(mutation.old) != 1:
+            raise SystemExit(
+                f"mutation {mutation.name!r} no longer applies: its code occurs {text.count(mutation.old)}x"
+            )
+        target.write_text(text.replace(mutation.old, mutation.new))
+        start = time.perf_counter()
+        # run from the copy: its lit_dft comes first on sys.path, before the installed (editable) one
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests],
+            cwd=copy,
+            capture_output=True,
+            text=True,
+        )
+        return result.returncode == 1, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", default="", help="run only mutations whose name contains this")
+    args = parser.parse_args(argv)
+    selected = [m for m in MUTATIONS if args.k in m.name]
+    survivors = []
+    for mutation in selected:
+        caught, seconds = _run(mutation)
+        print(f"{'caught  ' if caught else 'SURVIVED'} {seconds:6.1f} s  {mutation.name}", flush=True)
+        if not caught:
+            survivors.append(mutation.name)
+    print(f"{len(selected) - len(survivors)} of {len(selected)} mutations caught")
+    if survivors:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
