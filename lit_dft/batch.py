@@ -3,7 +3,7 @@
 The data module builds :class:`TrainingBatch` and :class:`PromptBatch`; the module turns a training batch
 into :class:`TokenOutputs` and a prompt batch into :class:`Prediction` records; callbacks read only those.
 None of them reads another's dict keys or internals. A new per-token quantity an objective or a callback
-needs (entropy, a reference model's log-probabilities) becomes a field of :class:`TokenOutputs`.
+needs (a reference model's log-probabilities, say) becomes a field of :class:`TokenOutputs`.
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ class TokenOutputs:
     """``(B, T-1)`` bool: True at positions whose next token is trained."""
     target_ids: Tensor
     """``(B, T-1)`` the target token at each position, ``IGNORE_INDEX`` where ``target_mask`` is False."""
+    target_entropy: Tensor
+    """``(B, T-1)`` detached entropy (nats) of the next-token distribution at each position; 0 where masked."""
 
     @property
     def log_probs(self) -> Tensor:

@@ -42,6 +42,11 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return sorted(i for i in ids if i is not None)
 
 
+def special_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's special tokens and the stop tokens: what ``protect_special_tokens`` trains with SFT."""
+    return sorted(set(tokenizer.all_special_ids) | set(stop_token_ids(model, tokenizer)))
+
+
 class _StopWhen(StoppingCriteria):
     """Ends generation at the next token once ``should_stop()`` is true (a scheduler's SIGTERM, say)."""
 

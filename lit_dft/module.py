@@ -19,15 +19,15 @@ from lit_dft.batch import Prediction, PromptBatch, TokenOutputs, TrainingBatch
 from lit_dft.errors import LitDFTError
 from lit_dft.evaluation.checking import AnswerChecker
 from lit_dft.evaluation.metrics import MathAccuracy
-from lit_dft.generation import GenerationArgs, generate, score
+from lit_dft.generation import GenerationArgs, generate, score, special_token_ids
 from lit_dft.models import EMBEDDED_MODEL, load_model, load_tokenizer
-from lit_dft.objectives import DFT, TokenObjective, build_objective
+from lit_dft.objectives import DFT, ProtectSpecialTokens, TokenObjective, build_objective
 from lit_dft.optim import OptimizerArgs, configure_adamw
 from lit_dft.token_loss import TokenLoss
 
 _PAPER_DFT = DFT()
-# Sums kept per optimiser step: objective, SFT (nll), DFT, target probability, target tokens.
-_WINDOW_FIELDS = ("loss", "nll", "dft", "target_prob", "target_tokens")
+# Sums kept per optimiser step: objective, SFT (nll), DFT, target probability, entropy, target tokens.
+_WINDOW_FIELDS = ("loss", "nll", "dft", "target_prob", "entropy", "target_tokens")
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -74,6 +74,8 @@ class CausalLMModule(LightningModule):
         answer_timeout_s: seconds one answer check may take before it counts as incorrect.
         on_nonfinite: what a NaN/inf loss or gradient does: ``skip`` the optimiser step (weights untouched,
             counted in ``train/skipped_steps``) or ``stop`` the run with a message.
+        protect_special_tokens: train special and template tokens (EOS, end of turn) with SFT's loss whatever
+            the objective, so that one that down-weights unlikely tokens still learns when to stop.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class CausalLMModule(LightningModule):
         generation: GenerationArgs = GenerationArgs(),
         answer_timeout_s: float = 5.0,
         on_nonfinite: Literal["skip", "stop"] = "skip",
+        protect_special_tokens: bool = False,
     ) -> None:
         super().__init__()
         # dicts from a checkpoint's hyperparameters (load_from_checkpoint) or a saved config become the dataclasses
@@ -106,7 +109,8 @@ class CausalLMModule(LightningModule):
         # hyperparameters as plain values, so checkpoints load with weights_only=True and hparams.yaml reads back
         optimizer, generation = asdict(self.optimizer_args), asdict(generation)
         self.save_hyperparameters()
-        self.objective = build_objective(loss)
+        objective = build_objective(loss)
+        self.objective = ProtectSpecialTokens(objective) if protect_special_tokens else objective
         self.checker = AnswerChecker(answer_timeout_s)
         self.eval_metrics = torch.nn.ModuleDict()
         self.model: PreTrainedModel | None = None
@@ -114,7 +118,7 @@ class CausalLMModule(LightningModule):
         self.token_loss: TokenLoss | None = None  # built with the model, in configure_model
         self._window: Tensor | None = None  # float32 sums over the accumulation window, see _WINDOW_FIELDS
         self.skipped_steps = 0
-        self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in _WINDOW_FIELDS[:4]})
+        self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in _WINDOW_FIELDS[:5]})
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy)
@@ -146,7 +150,8 @@ class CausalLMModule(LightningModule):
         if hp.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.config.use_cache = False
-        self.token_loss = TokenLoss(self.model, self.objective, hp.loss_chunk_size)
+        special = special_token_ids(self.model, self.tokenizer)
+        self.token_loss = TokenLoss(self.model, self.objective, hp.loss_chunk_size, special)
 
     # ---- forward ---------------------------------------------------------------------------------
 
@@ -169,15 +174,21 @@ class CausalLMModule(LightningModule):
             self.train(was_training)
 
     @staticmethod
-    def _token_stats(log_probs: Tensor) -> dict[str, Tensor]:
-        """Per-token SFT and paper-DFT values, and probabilities, for the loss pair."""
-        return {"nll": -log_probs, "dft": _PAPER_DFT(log_probs), "target_prob": log_probs.exp()}
+    def _token_stats(out: TokenOutputs) -> dict[str, Tensor]:
+        """Per-token SFT and paper-DFT values, probabilities and entropies: the loss pair and its diagnostics."""
+        log_probs = out.log_probs
+        return {
+            "nll": -log_probs,
+            "dft": _PAPER_DFT(log_probs),
+            "target_prob": log_probs.exp(),
+            "entropy": out.target_entropy[out.target_mask],
+        }
 
     # ---- training --------------------------------------------------------------------------------
 
     def training_step(self, batch: TrainingBatch, batch_idx: int) -> dict[str, Any]:
         out = self.token_outputs(batch)
-        stats = self._token_stats(out.log_probs)
+        stats = self._token_stats(out)
         sums = [out.loss.detach()] + [value.sum() for value in stats.values()] + [out.target_mask.sum()]
         window = torch.stack([value.float() for value in sums])
         self._window = window if self._window is None else self._window + window
@@ -253,12 +264,14 @@ class CausalLMModule(LightningModule):
         if isinstance(batch, PromptBatch):
             return self._answer(batch)
         out = self.token_outputs(batch)
-        log_probs = out.log_probs
-        if log_probs.numel() == 0:
+        stats = self._token_stats(out)
+        tokens = stats["nll"].numel()
+        if tokens == 0:
             return out
-        values = {"loss": self.objective(log_probs), **self._token_stats(log_probs)}
+        self.val_metrics["loss"].update(out.loss / tokens, tokens)  # the objective's token mean, weighted by tokens
+        for name, values in stats.items():
+            self.val_metrics[name].update(values)
         for name, metric in self.val_metrics.items():
-            metric.update(values[name])
             self.log(
                 f"val/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss", add_dataloader_idx=False
             )

@@ -1,15 +1,19 @@
 """Objective losses over target tokens, from logits (naive) or from hidden states (chunked).
 
-Both paths give the *sum* of per-token losses (normalisation over the global batch is the
-module's job) and the detached float32 log-probabilities of the target tokens; :class:`TokenLoss`
-returns them as :class:`~lit_dft.batch.TokenOutputs`, which the module hands to callbacks. The chunked path never materialises full-vocabulary logits for the batch: it
-projects ``chunk_size`` target tokens at a time, and computes each chunk's gradient during the
-forward (as fused linear cross-entropy kernels do), so backward costs no second projection.
+Both paths give the *sum* of per-token losses (normalisation over the global batch is the module's job),
+the detached float32 log-probabilities of the target tokens and the entropy of each next-token
+distribution, plus whatever context the objective declares (:class:`~lit_dft.objectives.TokenContext`);
+:class:`TokenLoss` returns them as :class:`~lit_dft.batch.TokenOutputs`, which the module hands to
+callbacks. The chunked path never materialises full-vocabulary logits for the batch: it projects
+``chunk_size`` target tokens at a time, and computes each chunk's gradient during the forward (as fused
+linear cross-entropy kernels do), so backward costs no second projection.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -18,7 +22,7 @@ from torch import Tensor
 
 from lit_dft.batch import IGNORE_INDEX, TokenOutputs, TrainingBatch
 from lit_dft.errors import LitDFTError
-from lit_dft.objectives import TokenObjective
+from lit_dft.objectives import TokenContext, TokenObjective
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -31,10 +35,42 @@ def target_log_probs_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
     return target_logits - torch.logsumexp(_at_least_float32(logits), dim=-1)
 
 
-def naive_objective_loss(logits: Tensor, targets: Tensor, objective: TokenObjective) -> tuple[Tensor, Tensor]:
-    """Loss sum and target log-probs from logits ``(N, V)`` of the N target tokens."""
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(1)`` as a batched matrix product: no ``(n, V)`` temporary."""
+    return (a.unsqueeze(1) @ b.unsqueeze(2)).reshape(-1)
+
+
+def _distribution_terms(
+    logits: Tensor, targets: Tensor, objective: TokenObjective
+) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+    """From logits ``(n, V)`` in float32 or wider, overwritten in place: ``log p_t``, the distribution's
+    statistics (the entropy, and what the objective needs), and ``exp(logits - max)`` with its row sums, from
+    which the chunked gradient is built."""
+    target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    row_max = logits.amax(dim=1, keepdim=True)
+    shifted = logits.sub_(row_max)
+    stats = {}
+    if "topk_entropy" in objective.needs:
+        top = shifted.topk(objective.top_k, dim=1).values.log_softmax(dim=1)
+        stats["topk_entropy"] = -(top.exp() * top).sum(dim=1)
+    exp = shifted.exp()
+    sums = exp.sum(dim=1)
+    stats["entropy"] = sums.log() - _row_dot(exp, shifted) / sums
+    if "sum_sq_probs" in objective.needs:
+        stats["sum_sq_probs"] = _row_dot(exp, exp) / sums**2
+    return target_logits - row_max.squeeze(1) - sums.log(), stats, exp, sums
+
+
+def naive_objective_loss(
+    logits: Tensor, targets: Tensor, objective: TokenObjective, context: TokenContext | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Loss sum, target log-probs and entropies from logits ``(N, V)`` of the N target tokens; ``context`` holds
+    the target-side fields (``special``, ``sequence``) the objective needs."""
     log_probs = target_log_probs_from_logits(logits, targets)
-    return objective(log_probs).sum(), log_probs.detach()
+    with torch.no_grad(), torch.autocast(logits.device.type, enabled=False):
+        _, stats, _, _ = _distribution_terms(_at_least_float32(logits.detach()).clone(), targets, objective)
+    context = replace(context or TokenContext(), **stats)
+    return objective(log_probs, context).sum(), log_probs.detach(), stats["entropy"]
 
 
 def _matmul_dtype(hidden: Tensor) -> torch.dtype:
@@ -45,7 +81,15 @@ def _matmul_dtype(hidden: Tensor) -> torch.dtype:
 
 class _ChunkedObjectiveLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int):
+    def forward(
+        ctx,
+        hidden: Tensor,
+        weight: Tensor,
+        targets: Tensor,
+        objective: TokenObjective,
+        chunk_size: int,
+        context: TokenContext,
+    ):
         n = hidden.shape[0]
         matmul = _matmul_dtype(hidden)
         w = weight.to(matmul)  # once, not once per chunk as autocast would
@@ -56,45 +100,45 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
         )
         loss_sum = torch.zeros((), dtype=accumulate, device=hidden.device)
         log_probs = torch.empty(n, dtype=accumulate, device=hidden.device)
+        entropy = torch.empty(n, dtype=accumulate, device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):  # the dtypes below are chosen explicitly
             for start in range(0, n, chunk_size):
-                h, y = hidden[start : start + chunk_size].to(matmul), targets[start : start + chunk_size]
+                chunk = slice(start, start + chunk_size)
+                h, y = hidden[chunk].to(matmul), targets[chunk]
                 logits = _at_least_float32(h @ w.T)
-                target_logits = logits.gather(1, y.unsqueeze(1)).squeeze(1)
-                row_max = logits.amax(dim=1, keepdim=True)
-                exp_logits = logits.sub_(row_max).exp_()  # in place: one chunk-sized buffer, no logsumexp temporary
-                sums = exp_logits.sum(dim=1)
-                chunk_log_probs = target_logits - row_max.squeeze(1) - sums.log()
+                chunk_log_probs, stats, exp_logits, sums = _distribution_terms(logits, y, objective)
+                del logits  # the shifted logits: freed here, exp_logits is the one chunk-sized buffer kept
                 with torch.enable_grad():
                     leaf = chunk_log_probs.detach().requires_grad_()
-                    chunk_loss = objective(leaf).sum()
+                    chunk_loss = objective(leaf, replace(context[chunk], **stats)).sum()
                     (d_log_probs,) = torch.autograd.grad(chunk_loss, leaf)
                 loss_sum += chunk_loss.detach()
-                log_probs[start : start + chunk_size] = chunk_log_probs
+                log_probs[chunk] = chunk_log_probs
+                entropy[chunk] = stats["entropy"]
                 # d loss / d logits = g * (onehot - softmax), built in place in the same buffer.
                 grad_logits = exp_logits.mul_((-d_log_probs / sums).unsqueeze(1))
                 grad_logits.scatter_add_(1, y.unsqueeze(1), d_log_probs.unsqueeze(1))
                 grad_logits = grad_logits.to(matmul)
                 if grad_hidden is not None:
-                    grad_hidden[start : start + chunk_size] = grad_logits @ w
+                    grad_hidden[chunk] = grad_logits @ w
                 if grad_weight is not None and matmul == grad_weight.dtype:
                     grad_weight.addmm_(grad_logits.T, h)  # in place: no weight-sized temporary
                 elif grad_weight is not None:
                     grad_weight += grad_logits.T @ h  # a tensor-core product, summed in float32
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
-        ctx.mark_non_differentiable(log_probs)
-        return loss_sum, log_probs
+        ctx.mark_non_differentiable(log_probs, entropy)
+        return loss_sum, log_probs, entropy
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss: Tensor, _grad_log_probs: Tensor):
+    def backward(ctx, grad_loss: Tensor, _grad_log_probs: Tensor, _grad_entropy: Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors  # scaled in place: backward runs once, no copies
         if grad_hidden is not None:
             grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
         if grad_weight is not None:
             grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def default_chunk_size(vocab_size: int, device_type: str = "cpu") -> int:
@@ -104,34 +148,46 @@ def default_chunk_size(vocab_size: int, device_type: str = "cpu") -> int:
 
 
 def _chunked_loss_only(
-    hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int
-) -> tuple[Tensor, Tensor]:
+    hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int, context: TokenContext
+) -> tuple[Tensor, Tensor, Tensor]:
     """The chunked loss when no gradient is wanted (validation, the probe, ``torch.inference_mode``)."""
     compute = torch.promote_types(hidden.dtype, torch.float32)
+    loss_sum = torch.zeros((), dtype=compute, device=hidden.device)
     log_probs = torch.empty(hidden.shape[0], dtype=compute, device=hidden.device)
+    entropy = torch.empty(hidden.shape[0], dtype=compute, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_size):
-        logits = hidden[start : start + chunk_size] @ weight.T
-        log_probs[start : start + chunk_size] = target_log_probs_from_logits(
-            logits, targets[start : start + chunk_size]
-        )
-    return objective(log_probs).sum(), log_probs
+        chunk = slice(start, start + chunk_size)
+        logits = hidden[chunk] @ weight.T  # in autocast's dtype under mixed precision, as the model's own head
+        with torch.autocast(hidden.device.type, enabled=False):
+            log_probs[chunk], stats, _, _ = _distribution_terms(_at_least_float32(logits), targets[chunk], objective)
+            entropy[chunk] = stats["entropy"]
+            loss_sum += objective(log_probs[chunk], replace(context[chunk], **stats)).sum()
+    return loss_sum, log_probs, entropy
 
 
 def chunked_objective_loss(
-    hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """Loss sum and target log-probs from hidden states ``(N, H)`` and the output projection ``(V, H)``.
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    objective: TokenObjective,
+    chunk_size: int | None = None,
+    context: TokenContext | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Loss sum, target log-probs and entropies from hidden states ``(N, H)`` and the output projection ``(V, H)``.
 
-    Requires an elementwise objective (every :class:`TokenObjective` is) and a head without bias,
-    scaling or soft-capping. ``chunk_size`` defaults to :func:`default_chunk_size`. Without grad mode,
-    or when neither input requires a gradient, no gradient is computed.
+    Requires an elementwise objective (every :class:`TokenObjective` is, given its detached context) and a
+    head without bias, scaling or soft-capping. ``context`` holds the target-side fields (``special``,
+    ``sequence``) the objective needs; the distribution's statistics are computed here, chunk by chunk.
+    ``chunk_size`` defaults to :func:`default_chunk_size`. Without grad mode, or when neither input requires
+    a gradient, no gradient is computed.
     """
     chunk_size = chunk_size or default_chunk_size(weight.shape[0], hidden.device.type)
     if chunk_size < 1:
         raise LitDFTError(f"loss_chunk_size must be >= 1 (or 0 for full logits), got {chunk_size}")
+    context = context or TokenContext()
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
-        return _chunked_loss_only(hidden, weight, targets, objective, chunk_size)
-    return _ChunkedObjectiveLoss.apply(hidden, weight, targets, objective, chunk_size)
+        return _chunked_loss_only(hidden, weight, targets, objective, chunk_size, context)
+    return _ChunkedObjectiveLoss.apply(hidden, weight, targets, objective, chunk_size, context)
 
 
 _SCALED_HEAD_KEYS = (
@@ -162,29 +218,46 @@ class TokenLoss:
             (chunks of :func:`default_chunk_size`); ``0`` always uses full logits.
     """
 
-    def __init__(self, model: torch.nn.Module, objective: TokenObjective, chunk_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        objective: TokenObjective,
+        chunk_size: int | None = None,
+        special_ids: Sequence[int] = (),
+    ) -> None:
         self.model = model
         self.objective = objective
         self.chunk_size = chunk_size
+        self.special_ids = torch.tensor(sorted(special_ids), dtype=torch.long)
         self.chunked: bool | None = None  # decided on the first call
 
     def __call__(self, batch: TrainingBatch) -> TokenOutputs:
-        """The loss sum and every target token's log-probability (detached, >= float32) of ``batch``."""
+        """The loss sum, every target token's log-probability and next-token entropy (detached, >= float32)."""
         if self.chunked is None:
             self.chunked = self._can_chunk(batch.input_ids.device)
         targets = batch.targets
         mask = targets != IGNORE_INDEX
+        context = self._target_context(mask, targets[mask])
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if self.chunked:
-            loss, log_probs = self._chunked(inputs, mask, targets[mask])
+            loss, log_probs, entropy = self._chunked(inputs, mask, targets[mask], context)
         else:
             logits = self.model(**inputs).logits[:, :-1][mask]
-            loss, log_probs = naive_objective_loss(logits, targets[mask], self.objective)
-        per_token = torch.zeros(targets.shape, dtype=log_probs.dtype, device=targets.device)
-        per_token[mask] = log_probs
-        return TokenOutputs(loss, per_token, mask, targets)
+            loss, log_probs, entropy = naive_objective_loss(logits, targets[mask], self.objective, context)
+        per_token = torch.zeros((2, *targets.shape), dtype=log_probs.dtype, device=targets.device)
+        per_token[0][mask], per_token[1][mask] = log_probs, entropy
+        return TokenOutputs(loss, per_token[0], mask, targets, per_token[1])
 
-    def _chunked(self, inputs: dict, mask: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def _target_context(self, mask: Tensor, targets: Tensor) -> TokenContext:
+        """The context fields that come from the targets alone, if the objective needs them."""
+        needs = self.objective.needs
+        special = torch.isin(targets, self.special_ids.to(targets.device)) if "special" in needs else None
+        sequence = mask.nonzero()[:, 0] if "sequence" in needs else None
+        return TokenContext(special=special, sequence=sequence)
+
+    def _chunked(
+        self, inputs: dict, mask: Tensor, targets: Tensor, context: TokenContext
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Computed inside the model's own forward with no position projected by the model: a hook on
         ``base_model`` takes the final hidden states while the top-level forward runs, so under FSDP the root
         unit (output head included) is gathered then and its gradient is reduced by FSDP's own hooks."""
@@ -193,7 +266,7 @@ class TokenLoss:
         def loss_from_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
             hidden = output[0][:, :-1][mask]
             weight = model.get_output_embeddings().weight
-            results.append(chunked_objective_loss(hidden, weight, targets, self.objective, self.chunk_size))
+            results.append(chunked_objective_loss(hidden, weight, targets, self.objective, self.chunk_size, context))
 
         hook = model.base_model.register_forward_hook(loss_from_hidden)
         try:

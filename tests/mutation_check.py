@@ -77,8 +77,8 @@ MUTATIONS = [
     Mutation(
         "val/nll averaged per batch instead of per token",
         "lit_dft/module.py",
-        "metric.update(values[name])",
-        "metric.update(values[name].mean())",
+        "self.val_metrics[name].update(values)",
+        "self.val_metrics[name].update(values.mean())",
         ("tests/test_module.py::test_validation_loss_is_a_mean_over_tokens_not_batches",),
     ),
     Mutation(
@@ -97,7 +97,7 @@ MUTATIONS = [
     ),
     Mutation(
         "DFT's weight is not under stop-gradient",
-        "lit_dft/objectives.py",
+        "lit_dft/objectives/probability.py",
         "weight = torch.exp(self.alpha * target_log_probs.detach())",
         "weight = torch.exp(self.alpha * target_log_probs)",
         ("tests/test_objectives.py",),

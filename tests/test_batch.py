@@ -43,7 +43,9 @@ def test_prompt_batch_carries_what_scoring_needs():
 def test_callbacks_get_the_token_outputs_of_a_step_with_the_loss_detached():
     loss = torch.tensor(2.0, requires_grad=True) * 1
     mask = torch.tensor([[False, True]])
-    out = TokenOutputs(loss, torch.tensor([[0.0, -0.5]]), mask, torch.tensor([[IGNORE_INDEX, 3]]))
+    out = TokenOutputs(
+        loss, torch.tensor([[0.0, -0.5]]), mask, torch.tensor([[IGNORE_INDEX, 3]]), torch.tensor([[0.0, 2.0]])
+    )
     step = out.step_output()
     assert step["loss"] is loss  # what Lightning back-propagates
     seen = TokenOutputs.of(step)

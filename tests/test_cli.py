@@ -1,3 +1,4 @@
+import math
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_dft.cli import main
+from lit_dft.objectives import OBJECTIVES
 from tests.conftest import ROOT, SMOKE, smoke_run_dir
 
 
@@ -27,7 +29,7 @@ def test_smoke_fit_writes_checkpoint_config_and_loss_pair(smoke_run):
     (config,) = run.rglob("config.yaml")
     assert yaml.safe_load(config.read_text())["model"]["loss"] == loss
     scalars = _scalars(run)
-    for tag in ("train/loss", "train/nll", "train/dft", "train/target_prob", "val/nll", "val/dft"):
+    for tag in ("train/loss", "train/nll", "train/dft", "train/target_prob", "train/entropy", "val/nll", "val/entropy"):
         assert tag in scalars, tag
     assert len(scalars["train/loss"]) == 20
     objective = scalars["train/loss"] if loss == "sft" else scalars["train/nll"]
@@ -59,7 +61,7 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("--model.loss=dtf", "Unknown objective 'dtf'. Registered objectives: dft, sft"),
+        ("--model.loss=dtf", "Unknown objective 'dtf'. Registered objectives: deft, dft, eaft, focal, prob"),
         ("--model.model_name_or_path=./no/such/model", "Model path not found: ./no/such/model"),
         ("--data.preset=gsm8", "Unknown preset 'gsm8'. Known presets:"),
         ("--data.preset={question: q, solution: s}", "Preset (inline): no data source: the preset names no hub_id"),
@@ -302,3 +304,13 @@ def test_unwritable_checkpoint_folder_fails_before_training(tmp_path, capsys):
     captured = capsys.readouterr()
     assert _last_line(captured.err).startswith(f"lit-dft: error: Cannot write checkpoints to {blocker / 'runs'}")
     assert "train/loss" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("loss", sorted(set(OBJECTIVES) - {"sft", "dft"}))  # sft and dft: the smoke runs
+def test_every_objective_trains_from_the_command_line(loss, tmp_path):
+    run = tmp_path / loss
+    command = ["fit", "--config", SMOKE, f"--model.loss={loss}", "--data.limit=20", "--trainer.max_steps=3"]
+    main([*command, "--trainer.val_check_interval=3", f"--trainer.default_root_dir={run}"])
+    scalars = _scalars(run)
+    assert len(scalars["train/loss"]) == 3 and all(math.isfinite(v) for v in scalars["train/loss"])
+    assert all(0 < v < math.log(49_152) for v in scalars["train/entropy"] + scalars["val/entropy"])

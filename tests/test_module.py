@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lit_dft.batch import TokenOutputs
+from lit_dft.objectives import OBJECTIVES, ProbPower, ProbThreshold, build_objective
 from tests.helpers import MicroModule, SGDModule, loader, quiet_trainer, uneven_rows
 
 
@@ -29,7 +30,12 @@ def _target_tokens_per_micro_batch(batch_size):
     return [int((b.labels[:, 1:] != -100).sum()) for b in loader(uneven_rows(), batch_size)]
 
 
-@pytest.mark.parametrize("loss", ["sft", "dft"])
+# every objective, with settings that give the random micro model's tokens (p ~ 1/64) a gradient
+SPLIT_CASES = [build_objective(name) for name in sorted(OBJECTIVES) if name not in ("prob_power", "prob_threshold")]
+SPLIT_CASES += [ProbPower(alpha=0.5), ProbThreshold(threshold=0.01, keep="above")]
+
+
+@pytest.mark.parametrize("loss", SPLIT_CASES, ids=repr)
 def test_gradient_does_not_depend_on_how_the_batch_is_split(loss):
     assert len(set(_target_tokens_per_micro_batch(2))) > 1, "micro-batches must hold unequal token counts"
     whole = _step_delta(batch_size=8, accumulate=1, loss=loss)
@@ -158,9 +164,10 @@ def test_chunked_and_naive_paths_train_identically():
         torch.testing.assert_close(chunked[name], naive[name], rtol=0, atol=1e-10, msg=name)
 
 
-def test_two_process_ddp_matches_one_process_on_the_same_global_batch():
-    one = _step_delta(batch_size=8, accumulate=1)
-    two = _step_delta(batch_size=2, accumulate=2, strategy="ddp_spawn", devices=2)
+@pytest.mark.parametrize("loss", ["dft", "eaft"])  # eaft: an objective with context from the distribution
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(loss):
+    one = _step_delta(batch_size=8, accumulate=1, loss=loss)
+    two = _step_delta(batch_size=2, accumulate=2, loss=loss, strategy="ddp_spawn", devices=2)
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-8, msg=name)
 

@@ -1,10 +1,21 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lit_dft.errors import LitDFTError
-from lit_dft.objectives import DFT, OBJECTIVES, SFT, TokenObjective, build_objective, register_objective
-from lit_dft.token_loss import target_log_probs_from_logits
+from lit_dft.objectives import (
+    DFT,
+    OBJECTIVES,
+    SFT,
+    ProtectSpecialTokens,
+    TokenContext,
+    TokenObjective,
+    build_objective,
+    register_objective,
+)
+from lit_dft.token_loss import naive_objective_loss, target_log_probs_from_logits
 
 
 def _logits_and_targets(n: int = 6, v: int = 11, seed: int = 0):
@@ -49,23 +60,88 @@ def test_min_weight_clamps_the_weight_from_below():
 
 
 def test_unknown_objective_lists_registered_names():
-    with pytest.raises(LitDFTError, match="Registered objectives: dft, sft"):
+    with pytest.raises(LitDFTError, match="Registered objectives: deft, dft, eaft, focal, prob, prob_power"):
         build_objective("dtf")
 
 
 def test_registry_accepts_new_objectives():
-    class Focal(TokenObjective):
+    class Squared(TokenObjective):
         def token_loss(self, target_log_probs):
-            return -((1 - target_log_probs.exp()) ** 2) * target_log_probs
+            return target_log_probs**2
 
-    register_objective("focal", Focal)
+    register_objective("squared", Squared)
     try:
-        assert isinstance(build_objective("focal"), Focal)
+        assert isinstance(build_objective("squared"), Squared)
     finally:
-        del OBJECTIVES["focal"]
+        del OBJECTIVES["squared"]
 
 
-@pytest.mark.parametrize("kwargs", [{"alpha": -1.0}, {"min_weight": 1.5}])
-def test_dft_rejects_bad_options(kwargs):
-    with pytest.raises(ValueError):
+def test_an_objective_needing_unknown_context_is_refused():
+    class NeedsMoon(TokenObjective):
+        needs = frozenset({"moon_phase"})
+
+    with pytest.raises(
+        LitDFTError, match="NeedsMoon needs moon_phase, which no loss provides; the context has: entropy"
+    ):
+        build_objective(NeedsMoon())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"alpha": -1.0}, "DFT alpha must be >= 0, got -1.0"),
+        ({"min_weight": 1.5}, r"DFT min_weight must lie in \[0, 1\]"),
+    ],
+)
+def test_dft_rejects_bad_options(kwargs, message):
+    with pytest.raises(LitDFTError, match=message):
         DFT(**kwargs)
+
+
+def _paper_formula(name: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each objective's per-token loss written from its paper, on full float64 logits."""
+    log_probs_all = logits.log_softmax(-1)
+    log_p = log_probs_all.gather(1, targets[:, None]).squeeze(1)
+    p = log_p.exp()
+    if name == "sft":
+        return -log_p
+    if name == "dft":  # -sg(p) log p
+        return -p.detach() * log_p
+    if name == "prob":  # -p, shifted by 1
+        return 1 - p
+    if name == "prob_power":  # (1 - p^alpha) / alpha, alpha = 10
+        return (1 - p**10) / 10
+    if name == "prob_threshold":  # (1 - p) on tokens with p >= 0.5
+        return torch.where(p.detach() >= 0.5, 1 - p, torch.zeros_like(p))
+    if name == "focal":  # -(1 - p)^2 log p
+        return -((1 - p) ** 2) * log_p
+    if name == "eaft":  # -sg(H_top20 / ln 20) log p, H over the top-20 probabilities renormalised
+        top = logits.detach().topk(20, dim=-1).values.softmax(-1)
+        return -(-(top * top.log()).sum(-1) / math.log(20)) * log_p
+    if name == "deft":  # (1 - p^a) / a, a = sg(sum_v p_v^2)
+        a = (log_probs_all.exp() ** 2).sum(-1).detach()
+        return (1 - p**a) / a
+    raise AssertionError(f"no paper formula written for {name}")
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_objective_matches_its_paper_formula_in_value_and_logit_gradient(name):
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(40, 50, generator=g, dtype=torch.float64) * 2.5).requires_grad_()
+    targets = torch.randint(0, 50, (40,), generator=g)
+    targets[::2] = logits[::2].argmax(-1)  # half the tokens likely: every weighting has tokens to act on
+    expected = _paper_formula(name, logits, targets)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+    loss, _, _ = naive_objective_loss(logits, targets, build_objective(name), TokenContext())
+    (grad,) = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(loss, expected.sum(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
+    assert expected_grad.abs().max() > 1e-3, "the objective must train"
+
+
+def test_protection_gives_special_tokens_the_sft_weight_and_leaves_the_others():
+    log_probs = torch.log(torch.tensor([0.01, 0.3, 0.9, 0.05], dtype=torch.float64)).requires_grad_()
+    special = torch.tensor([True, False, False, True])
+    protected = ProtectSpecialTokens(DFT())(log_probs, TokenContext(special=special))
+    (weights,) = torch.autograd.grad(-protected.sum(), log_probs)  # the gradient weight of each token
+    assert weights.tolist() == pytest.approx([1.0, 0.3, 0.9, 1.0])  # SFT's 1 on the special ones, DFT's p elsewhere

@@ -3,11 +3,15 @@ import torch
 from transformers import LlamaForCausalLM
 
 from lit_dft.batch import IGNORE_INDEX, TrainingBatch
-from lit_dft.objectives import DFT, OBJECTIVES, build_objective
+from lit_dft.objectives import DFT, EAFT, OBJECTIVES, ProtectSpecialTokens, TokenContext, build_objective
 from lit_dft.token_loss import TokenLoss, chunked_objective_loss, naive_objective_loss
 from tests.conftest import micro_llama
 
-OBJECTIVE_CASES = [build_objective(name) for name in sorted(OBJECTIVES)] + [DFT(alpha=0.5, min_weight=0.1)]
+OBJECTIVE_CASES = [build_objective(name) for name in sorted(OBJECTIVES)] + [
+    DFT(alpha=0.5, min_weight=0.1),
+    EAFT(top_k=5, alpha=2.0),
+    ProtectSpecialTokens(DFT()),
+]
 
 
 def _problem(n=37, h=24, v=101, dtype=torch.float32, seed=0):
@@ -18,18 +22,23 @@ def _problem(n=37, h=24, v=101, dtype=torch.float32, seed=0):
     return hidden, weight, targets
 
 
+def _context(targets):
+    """The target-side context: every 7th token id counts as special."""
+    return TokenContext(special=targets % 7 == 0, sequence=torch.arange(len(targets)) // 5)
+
+
 def _naive(hidden, weight, targets, objective):
     hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    loss, log_probs = naive_objective_loss(hidden @ weight.T, targets, objective)
+    loss, log_probs, entropy = naive_objective_loss(hidden @ weight.T, targets, objective, _context(targets))
     loss.backward()
-    return loss.detach(), log_probs, hidden.grad, weight.grad
+    return loss.detach(), log_probs, entropy, hidden.grad, weight.grad
 
 
 def _chunked(hidden, weight, targets, objective, chunk_size):
     hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    loss, log_probs = chunked_objective_loss(hidden, weight, targets, objective, chunk_size)
+    loss, log_probs, entropy = chunked_objective_loss(hidden, weight, targets, objective, chunk_size, _context(targets))
     (loss * 1.7).backward()  # a non-unit upstream gradient must scale both gradients
-    return loss.detach(), log_probs, hidden.grad / 1.7, weight.grad / 1.7
+    return loss.detach(), log_probs, entropy, hidden.grad / 1.7, weight.grad / 1.7
 
 
 @pytest.mark.parametrize("objective", OBJECTIVE_CASES, ids=repr)
@@ -38,15 +47,22 @@ def test_chunked_matches_naive_values_and_gradients(objective, chunk_size):
     hidden, weight, targets = _problem()
     expected = _naive(hidden, weight, targets, objective)
     actual = _chunked(hidden, weight, targets, objective, chunk_size)
-    for name, a, e in zip(("loss", "log_probs", "grad_hidden", "grad_weight"), actual, expected):
+    for name, a, e in zip(("loss", "log_probs", "entropy", "grad_hidden", "grad_weight"), actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_entropy_is_that_of_the_softmax():
+    hidden, weight, targets = _problem(dtype=torch.float64)
+    _, _, entropy, _, _ = _chunked(hidden, weight, targets, DFT(), 8)
+    probs = (hidden @ weight.T).softmax(-1)
+    torch.testing.assert_close(entropy, -(probs * probs.log()).sum(-1), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("objective", OBJECTIVE_CASES, ids=repr)
 def test_chunked_bf16_is_close_to_float32_reference(objective):
     hidden, weight, targets = _problem()
-    ref_loss, ref_lp, ref_gh, ref_gw = _naive(hidden, weight, targets, objective)
-    loss, log_probs, grad_h, grad_w = _chunked(hidden.bfloat16(), weight.bfloat16(), targets, objective, 16)
+    ref_loss, ref_lp, _, ref_gh, ref_gw = _naive(hidden, weight, targets, objective)
+    loss, log_probs, _, grad_h, grad_w = _chunked(hidden.bfloat16(), weight.bfloat16(), targets, objective, 16)
     assert log_probs.dtype == torch.float32 and grad_h.dtype == torch.bfloat16 and grad_w.dtype == torch.bfloat16
     torch.testing.assert_close(loss, ref_loss, rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(log_probs, ref_lp, rtol=5e-2, atol=5e-2)
@@ -56,7 +72,7 @@ def test_chunked_bf16_is_close_to_float32_reference(objective):
 
 def test_chunked_handles_no_target_tokens():
     hidden, weight, _ = _problem(n=0)
-    loss, log_probs, grad_h, grad_w = _chunked(hidden, weight, torch.zeros(0, dtype=torch.long), DFT(), 8)
+    loss, log_probs, _, grad_h, grad_w = _chunked(hidden, weight, torch.zeros(0, dtype=torch.long), DFT(), 8)
     assert loss.item() == 0.0 and log_probs.numel() == 0
     assert torch.all(grad_w == 0) and grad_h.shape == (0, 24)
 
@@ -65,14 +81,15 @@ def test_chunked_handles_no_target_tokens():
 def test_chunked_loss_without_grad_mode_computes_the_loss_only(context, monkeypatch):
     """Standalone validate/test run under inference mode: the loss must work there and build no gradient."""
     hidden, weight, targets = _problem()
-    expected_loss, expected_log_probs, _, _ = _naive(hidden, weight, targets, DFT())
+    expected_loss, expected_log_probs, expected_entropy, _, _ = _naive(hidden, weight, targets, DFT())
     hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     monkeypatch.setattr("lit_dft.token_loss._ChunkedObjectiveLoss.forward", _fail_if_called)
     with context():
-        loss, log_probs = chunked_objective_loss(hidden, weight, targets, DFT(), 8)
+        loss, log_probs, entropy = chunked_objective_loss(hidden, weight, targets, DFT(), 8)
     assert loss.grad_fn is None
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(log_probs, expected_log_probs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy, expected_entropy, rtol=1e-5, atol=1e-5)
 
 
 def _fail_if_called(*args, **kwargs):
@@ -160,8 +177,9 @@ def test_chunked_under_autocast_matches_full_logits_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = _naive(hidden, weight, targets, DFT())
         actual = _chunked(hidden, weight, targets, DFT(), 8)
-    assert actual[3].dtype == torch.float32 and actual[2].dtype == torch.float32
+    assert actual[4].dtype == torch.float32 and actual[3].dtype == torch.float32
     reference = _naive(hidden, weight, targets, DFT())  # float32 throughout
-    for name, a, e, r in zip(("loss", "log_probs", "grad_hidden", "grad_weight"), actual, expected, reference):
+    names = ("loss", "log_probs", "entropy", "grad_hidden", "grad_weight")
+    for name, a, e, r in zip(names, actual, expected, reference):
         torch.testing.assert_close(a, e.to(a.dtype), rtol=3e-2, atol=3e-2, msg=name)
         torch.testing.assert_close(a, r, rtol=5e-2, atol=3e-2, msg=name)

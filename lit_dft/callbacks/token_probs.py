@@ -34,11 +34,12 @@ class _CategorisedCounts(Callback):
         if self._table is None:
             self._table = self.categories.table(pl_module.tokenizer).to(pl_module.device)
         targets = outputs.target_ids[outputs.target_mask]
-        self._counts(pl_module).add(outputs.log_probs, self._table[targets.clamp(max=len(self._table) - 1)])
+        categories = self._table[targets.clamp(max=len(self._table) - 1)]
+        self._counts(pl_module).add(outputs.log_probs, categories, outputs.target_entropy[outputs.target_mask])
 
     def _log(self, trainer: Trainer, prefix: str, step: int) -> None:
-        counts = self.stats.reduced(trainer)
-        self._logger.log(trainer, prefix, self.stats, counts, step)
+        counts, joint = self.stats.reduced(trainer)
+        self._logger.log(trainer, prefix, self.stats, counts, joint, step)
         self.stats.reset()
 
 

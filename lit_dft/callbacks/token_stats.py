@@ -26,6 +26,11 @@ PROBE = "probe"
 PAPER_BINS = (0.0, 1e-4, 1e-3, 1e-2) + tuple(round(0.1 * i, 1) for i in range(1, 11))
 PROB_EDGES = torch.linspace(0.0, 1.0, 51)  # histogram of p
 LOG10_EDGES = torch.linspace(-8.0, 0.0, 81)  # histogram of log10 p; lower values land in the first bin
+JOINT_PROB_EDGES = torch.linspace(0.0, 1.0, 11)  # the (p, entropy) grid: p in tenths...
+JOINT_ENTROPY_EDGES = torch.linspace(0.0, 8.0, 17)  # ...entropy in half nats; higher values land in the last bin
+# "Confident conflicts": target tokens the model finds unlikely (p < 0.1) where it is confident of something
+# else (entropy < 1 nat), the first p bin and the first two entropy bins of the grid.
+CONFLICT_BINS = (slice(0, 1), slice(0, 2))
 
 FUNCTION_WORDS = (
     "a an the and or but if of to in on at by for with from as is are was were be been being this that these those "
@@ -78,15 +83,22 @@ def _bucket(values: Tensor, edges: Tensor) -> Tensor:
 
 
 class ProbabilityCounts:
-    """Per-category counts over three binnings (p, log10 p, the paper's bins), plus sums of p."""
+    """Per-category counts over three binnings (p, log10 p, the paper's bins), plus sums of p; and the joint
+    counts of (p, entropy of the next-token distribution) over all categories."""
 
     def __init__(self, categories: list[str], device: torch.device) -> None:
         self.categories = categories
         self.sizes = (len(PROB_EDGES) - 1, len(LOG10_EDGES) - 1, len(PAPER_BINS) - 1, 1)
         self.counts = torch.zeros(len(categories), sum(self.sizes), dtype=torch.float64, device=device)
+        self.joint = torch.zeros(
+            len(JOINT_PROB_EDGES) - 1, len(JOINT_ENTROPY_EDGES) - 1, dtype=torch.float64, device=device
+        )
         self._paper_edges = torch.tensor(PAPER_BINS, dtype=torch.float64)
 
-    def add(self, log_probs: Tensor, category: Tensor) -> None:
+    def add(self, log_probs: Tensor, category: Tensor, entropy: Tensor) -> None:
+        joint = _bucket(log_probs.detach().double().exp(), JOINT_PROB_EDGES.double()) * self.joint.shape[1]
+        joint += _bucket(entropy.detach().double(), JOINT_ENTROPY_EDGES.double())
+        self.joint += torch.bincount(joint, minlength=self.joint.numel()).view_as(self.joint).to(self.joint)
         log_probs = log_probs.detach().double()
         probs = log_probs.exp()
         offsets = torch.tensor([0, self.sizes[0], self.sizes[0] + self.sizes[1]], device=probs.device)
@@ -107,12 +119,15 @@ class ProbabilityCounts:
             0, category, probs
         )
 
-    def reduced(self, trainer: Trainer) -> Tensor:
-        """The counts summed over all ranks (a collective: call it on every rank)."""
-        return trainer.strategy.reduce(self.counts.clone(), reduce_op="sum")
+    def reduced(self, trainer: Trainer) -> tuple[Tensor, Tensor]:
+        """The counts and the joint counts summed over all ranks (one collective: call it on every rank)."""
+        total = trainer.strategy.reduce(torch.cat([self.counts.flatten(), self.joint.flatten()]), reduce_op="sum")
+        counts, joint = total.split([self.counts.numel(), self.joint.numel()])
+        return counts.view_as(self.counts), joint.view_as(self.joint)
 
     def reset(self) -> None:
         self.counts.zero_()
+        self.joint.zero_()
 
     def split(self, counts: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(p histogram, log10 p histogram, paper-bin counts, sum of p) for one category row or the total."""
@@ -134,7 +149,9 @@ class StatsLogger:
     def __init__(self) -> None:
         self._warned = False
 
-    def log(self, trainer: Trainer, prefix: str, stats: ProbabilityCounts, counts: Tensor, step: int) -> None:
+    def log(
+        self, trainer: Trainer, prefix: str, stats: ProbabilityCounts, counts: Tensor, joint: Tensor, step: int
+    ) -> None:
         if not trainer.is_global_zero:
             return
         tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
@@ -157,8 +174,30 @@ class StatsLogger:
             for tensorboard in tensorboards:
                 _add_histogram(tensorboard, f"{prefix}/{name}target_prob_hist", prob_hist, PROB_EDGES, step)
                 _add_histogram(tensorboard, f"{prefix}/{name}target_log10_prob_hist", log_hist, LOG10_EDGES, step)
+        if joint.sum() > 0:
+            scalars[f"{prefix}/confident_conflicts"] = float(joint[CONFLICT_BINS].sum() / joint.sum())
+            for tensorboard in tensorboards:
+                tensorboard.experiment.add_figure(f"{prefix}/prob_entropy", _joint_figure(joint), global_step=step)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
+
+
+def _joint_figure(joint: Tensor):
+    """A heat map of the (p, entropy) counts, log-scaled, the confident-conflict corner outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    extent = (0.0, float(JOINT_ENTROPY_EDGES[-1]), 0.0, 1.0)
+    image = axis.imshow(torch.log10(1 + joint.cpu()).numpy(), origin="lower", aspect="auto", extent=extent)
+    axis.add_patch(plt.Rectangle((0, 0), 1.0, 0.1, fill=False, edgecolor="red"))
+    axis.set_xlabel("entropy of the next-token distribution (nats; the last column: above)")
+    axis.set_ylabel("target-token probability")
+    figure.colorbar(image, label="log10(1 + tokens)")
+    figure.tight_layout()
+    return figure
 
 
 def _add_histogram(logger: TensorBoardLogger, tag: str, counts: Tensor, edges: Tensor, step: int) -> None:

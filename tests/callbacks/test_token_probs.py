@@ -18,7 +18,7 @@ from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
 
 def _events(run):
     (events,) = run.rglob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(events), size_guidance={"histograms": 0, "scalars": 0})
+    accumulator = EventAccumulator(str(events), size_guidance={"histograms": 0, "scalars": 0, "images": 0})
     accumulator.Reload()
     return accumulator
 
@@ -49,6 +49,9 @@ def test_probe_covers_the_probe_set_before_and_during_training(smoke_run):
     indices = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(0))[:16].tolist()
     expected = sum(len(dm.train_set[i]["input_ids"]) - dm.train_set[i]["prompt_length"] for i in indices)
     assert set(totals.values()) == {expected}
+    conflicts = _scalar(acc, "probe/confident_conflicts")
+    assert sorted(conflicts) == [0, 10, 20] and all(0 <= v <= 1 for v in conflicts.values())
+    assert "probe/prob_entropy" in acc.Tags()["images"]  # the (p, entropy) heat map
     for step in totals:
         fractions = [_scalar(acc, f"probe/prob_bin/{label}")[step] for label in paper_bin_labels()]
         assert sum(fractions) == pytest.approx(1.0)
@@ -62,7 +65,12 @@ def test_counts_bin_probabilities_like_a_direct_computation():
     probs = torch.tensor([1e-9, 5e-5, 0.005, 0.05, 0.15, 0.55, 0.95, 1.0], dtype=torch.float64)
     categories = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2])
     stats = ProbabilityCounts(["a", "b", "c"], torch.device("cpu"))
-    stats.add(probs.log(), categories)
+    entropy = torch.tensor([0.1, 0.3, 0.7, 2.0, 5.0, 9.0, 0.2, 0.6], dtype=torch.float64)
+    stats.add(probs.log(), categories, entropy)
+    expected_joint = torch.zeros(10, 16, dtype=torch.float64)
+    for p, h in zip(probs.tolist(), entropy.tolist()):
+        expected_joint[min(int(p * 10), 9), min(int(h / 0.5), 15)] += 1
+    assert torch.equal(stats.joint, expected_joint)
     prob_hist, log_hist, paper, prob_sum = stats.split(stats.counts)
     assert paper.sum(0).tolist() == [2, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 2]
     assert prob_sum.flatten().tolist() == pytest.approx([5e-5 + 1e-9, 0.205, 2.5])

@@ -1,0 +1,120 @@
+"""Objectives of the target token's own probability: SFT, DFT and the probability family of "Beyond Log
+Likelihood", with focal loss as the opposite weighting. Each is ``f(p_t)``; what matters is its gradient with
+respect to ``log p_t``, the weight it gives a token of probability ``p_t`` (SFT: 1 for every token)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lit_dft.errors import LitDFTError
+from lit_dft.objectives.base import TokenObjective
+
+
+class SFT(TokenObjective):
+    """Supervised fine-tuning: the negative log-likelihood ``-log p_t``."""
+
+    def token_loss(self, target_log_probs: Tensor) -> Tensor:
+        return -target_log_probs
+
+
+class DFT(TokenObjective):
+    """Dynamic Fine-Tuning (arXiv 2508.05629): ``-sg(p_t)**alpha * log p_t``.
+
+    The stop-gradient weight cancels the implicit ``1/p_t`` importance weight of the SFT gradient.
+
+    Args:
+        alpha: exponent of the weight; 0 is SFT, 1 is the paper's DFT.
+        min_weight: floor on the weight, so that tokens the model finds unlikely still learn
+            (the paper's authors suggest 0.1 when long answers stop improving).
+    """
+
+    def __init__(self, alpha: float = 1.0, min_weight: float = 0.0) -> None:
+        if alpha < 0:
+            raise LitDFTError(f"DFT alpha must be >= 0, got {alpha}")
+        if not 0.0 <= min_weight <= 1.0:
+            raise LitDFTError(f"DFT min_weight must lie in [0, 1], got {min_weight}")
+        self.alpha = alpha
+        self.min_weight = min_weight
+
+    def token_loss(self, target_log_probs: Tensor) -> Tensor:
+        weight = torch.exp(self.alpha * target_log_probs.detach())
+        if self.min_weight > 0:
+            weight = weight.clamp(min=self.min_weight)
+        return -weight * target_log_probs
+
+
+class Prob(TokenObjective):
+    """``1 - p_t`` ("-p" in "Beyond Log Likelihood", arXiv 2510.00526): the gradient weight is ``p_t``, as DFT's,
+    but through the probability itself rather than under stop-gradient (the same gradient, another loss value)."""
+
+    def token_loss(self, target_log_probs: Tensor) -> Tensor:
+        return -torch.expm1(target_log_probs)
+
+
+class ProbPower(TokenObjective):
+    """``(1 - p_t**alpha) / alpha`` (arXiv 2510.00526, its code's ``GeneralFamily-alpha``): weight ``p_t**alpha``;
+    ``alpha`` -> 0 is SFT, 1 is ``prob``, larger values lean harder on the model's prior (the paper's math
+    runs: 10).
+
+    Args:
+        alpha: the exponent, > 0.
+    """
+
+    def __init__(self, alpha: float = 10.0) -> None:
+        if alpha <= 0:
+            raise LitDFTError(f"ProbPower alpha must be > 0 (alpha -> 0 is SFT), got {alpha}")
+        self.alpha = alpha
+
+    def token_loss(self, target_log_probs: Tensor) -> Tensor:
+        return -torch.expm1(self.alpha * target_log_probs) / self.alpha
+
+
+class ProbThreshold(TokenObjective):
+    """The thresholded variants of arXiv 2510.00526: ``1 - p_t`` (``loss: prob``) or ``-log p_t`` (``log_prob``)
+    on the tokens with ``p_t >= threshold`` (``keep: above``) or ``p_t <= threshold`` (``below``), 0 on the others.
+
+    The paper's code averages over the tokens that pass the threshold; here, as for every objective, the sum
+    is normalised by all target tokens of the global batch, so the loss scale follows the share that passes.
+    Its code names no default threshold; 0.5 is this package's choice.
+
+    Args:
+        threshold: the probability threshold, in [0, 1].
+        keep: which side of the threshold is trained.
+        loss: the loss on the kept tokens.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        keep: Literal["above", "below"] = "above",
+        loss: Literal["prob", "log_prob"] = "prob",
+    ) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise LitDFTError(f"ProbThreshold threshold must lie in [0, 1], got {threshold}")
+        self.threshold, self.keep, self.loss = threshold, keep, loss
+
+    def token_loss(self, target_log_probs: Tensor) -> Tensor:
+        probs = target_log_probs.detach().exp()
+        kept = probs >= self.threshold if self.keep == "above" else probs <= self.threshold
+        loss = -torch.expm1(target_log_probs) if self.loss == "prob" else -target_log_probs
+        return torch.where(kept, loss, torch.zeros_like(loss))
+
+
+class Focal(TokenObjective):
+    """Focal loss ``-(1 - p_t)**gamma * log p_t`` (Lin et al., 2017), differentiated through the factor as usual:
+    it weights tokens the model finds *unlikely* more, the opposite of DFT; a control for the DFT family.
+
+    Args:
+        gamma: focusing exponent; 0 is SFT.
+    """
+
+    def __init__(self, gamma: float = 2.0) -> None:
+        if gamma < 0:
+            raise LitDFTError(f"Focal gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
+
+    def token_loss(self, target_log_probs: Tensor) -> Tensor:
+        return -((-torch.expm1(target_log_probs)) ** self.gamma) * target_log_probs
