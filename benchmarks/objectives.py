@@ -1,6 +1,7 @@
 """Every objective of the DFT family trained on the same data, seed and order (``configs/objectives.yaml``), then
-one table (train/nll, val/nll, entropy, the probe's low- and high-probability shares) and the polarisation
-figure with all runs, in ``docs/objectives.md``.
+one table (train/nll, val/nll, entropy, the probe's low- and high-probability shares) in
+``benchmarks/results/objectives.md`` and the polarisation figure with all runs in ``docs/objectives.png``, both
+shown in ``docs/objectives.md``.
 
     python -m benchmarks.objectives [--names sft dft eaft] [--steps 16] [--reuse]
 """

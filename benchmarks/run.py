@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS, machine
 
 BENCHMARKS = {
-    "step_time": "a. DFT vs SFT step time",
+    "step_time": "a. Step time of every objective against SFT",
     "loss_memory": "b. Chunked vs naive loss (DFT objective, float32, forward + backward)",
     "trl_compare": "c. End to end against TRL's SFTTrainer(loss_type='dft')",
     "data_pipeline": "d. GSM8K data pipeline: tokenisation speed and padding",

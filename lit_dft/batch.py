@@ -87,6 +87,8 @@ class TokenOutputs:
     """``(B, T-1)`` the target token at each position, ``IGNORE_INDEX`` where ``target_mask`` is False."""
     target_entropy: Tensor
     """``(B, T-1)`` detached entropy (nats) of the next-token distribution at each position; 0 where masked."""
+    target_kl: Tensor | None = None
+    """``(B, T-1)`` detached ``KL(p_ref || p_theta)`` at each position for an objective with a KL term, else None."""
 
     @property
     def log_probs(self) -> Tensor:

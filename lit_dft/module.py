@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -23,11 +24,14 @@ from lit_dft.generation import GenerationArgs, generate, score, special_token_id
 from lit_dft.models import EMBEDDED_MODEL, load_model, load_tokenizer
 from lit_dft.objectives import DFT, ProtectSpecialTokens, TokenObjective, build_objective
 from lit_dft.optim import OptimizerArgs, configure_adamw
+from lit_dft.strategies import full_state_dict
 from lit_dft.token_loss import TokenLoss
 
 _PAPER_DFT = DFT()
-# Sums kept per optimiser step: objective, SFT (nll), DFT, target probability, entropy, target tokens.
-_WINDOW_FIELDS = ("loss", "nll", "dft", "target_prob", "entropy", "target_tokens")
+# Token means logged per optimiser step and per validation, besides the objective's loss: SFT's and DFT's
+# values (the loss pair), the target probability, the entropy, and KL to the reference for objectives with one.
+_TOKEN_STATS = ("nll", "dft", "target_prob", "entropy", "kl_ref")
+_REFERENCE_PREFIX = "reference_model."
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -66,6 +70,9 @@ class CausalLMModule(LightningModule):
             ``None`` keeps the checkpoint's default. Mixed precision is the trainer's ``precision``.
         trust_remote_code: run model code from the hub; off unless you trust the repository.
         gradient_checkpointing: recompute activations in backward to save memory.
+        reference: the frozen reference model of an objective with a KL term (``asft``): ``None`` copies the
+            initial weights; else a name as for ``model_name_or_path`` (same tokenizer). Saved in checkpoints, so a
+            resumed run keeps its reference.
         loss_chunk_size: target tokens per chunk of the output projection in the chunked loss;
             ``None`` chunks when the vocabulary has >= 32,768 entries, with chunks of about 128 MB of
             float32 logits (512 MB on a GPU); ``0`` always uses full logits.
@@ -91,6 +98,7 @@ class CausalLMModule(LightningModule):
         answer_timeout_s: float = 5.0,
         on_nonfinite: Literal["skip", "stop"] = "skip",
         protect_special_tokens: bool = False,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
         # dicts from a checkpoint's hyperparameters (load_from_checkpoint) or a saved config become the dataclasses
@@ -116,9 +124,11 @@ class CausalLMModule(LightningModule):
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.token_loss: TokenLoss | None = None  # built with the model, in configure_model
-        self._window: Tensor | None = None  # float32 sums over the accumulation window, see _WINDOW_FIELDS
+        self._window: Tensor | None = None  # float32 sums over the accumulation window: loss, stats, target tokens
         self.skipped_steps = 0
-        self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in _WINDOW_FIELDS[:5]})
+        self._stat_names = ["loss"] + [n for n in _TOKEN_STATS if n != "kl_ref" or self.objective.kl_weight > 0]
+        self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in self._stat_names})
+        self.reference_model: PreTrainedModel | None = None  # frozen, for objectives with a KL term
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy)
@@ -147,11 +157,30 @@ class CausalLMModule(LightningModule):
                     f"Tokenizer of {hp.model_name_or_path!r} has {len(self.tokenizer)} tokens but the model's "
                     f"embedding has only {embeddings} rows: tokenizer and model do not match."
                 )
+        if hp.reference is not None and self.objective.kl_weight == 0:
+            raise LitDFTError(f"model.reference is used by objectives with a KL term (asft), not {self.objective!r}")
+        if self.objective.kl_weight > 0 and self.reference_model is None:
+            self.reference_model = self._reference()
         if hp.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.config.use_cache = False
         special = special_token_ids(self.model, self.tokenizer)
-        self.token_loss = TokenLoss(self.model, self.objective, hp.loss_chunk_size, special)
+        self.token_loss = TokenLoss(self.model, self.objective, hp.loss_chunk_size, special, self.reference_model)
+
+    def _reference(self) -> PreTrainedModel:
+        """The frozen reference: a copy of the initial weights, or the model ``reference`` names."""
+        hp = self.hparams
+        if hp.reference is None:
+            reference = copy.deepcopy(self.model)
+        else:
+            reference = load_model(hp.reference, hp.dtype, hp.trust_remote_code, vocab_size=len(self.tokenizer))
+            rows = reference.get_input_embeddings().num_embeddings
+            if rows != self.model.get_input_embeddings().num_embeddings:
+                raise LitDFTError(
+                    f"Reference {hp.reference!r} has {rows} embedding rows, the model "
+                    f"{self.model.get_input_embeddings().num_embeddings}: they must share the tokenizer"
+                )
+        return reference.requires_grad_(False).eval()
 
     # ---- forward ---------------------------------------------------------------------------------
 
@@ -177,12 +206,13 @@ class CausalLMModule(LightningModule):
     def _token_stats(out: TokenOutputs) -> dict[str, Tensor]:
         """Per-token SFT and paper-DFT values, probabilities and entropies: the loss pair and its diagnostics."""
         log_probs = out.log_probs
-        return {
+        stats = {
             "nll": -log_probs,
             "dft": _PAPER_DFT(log_probs),
             "target_prob": log_probs.exp(),
             "entropy": out.target_entropy[out.target_mask],
         }
+        return stats | ({"kl_ref": out.target_kl[out.target_mask]} if out.target_kl is not None else {})
 
     # ---- training --------------------------------------------------------------------------------
 
@@ -225,7 +255,8 @@ class CausalLMModule(LightningModule):
         nonfinite = (~finite).to(self._window).reshape(1)
         totals = self.trainer.strategy.reduce(torch.cat([self._window, nonfinite]), reduce_op="sum")
         self._window = None
-        nonfinite_loss, nonfinite_grad = not torch.isfinite(totals[:-1]).all(), totals[-1] > 0  # same on every rank
+        # the objective's loss, not the diagnostics after it, decides (the same on every rank)
+        nonfinite_loss, nonfinite_grad = not torch.isfinite(totals[0]), totals[-1] > 0
         if getattr(self.trainer.precision_plugin, "scaler", None) is None:
             if nonfinite_loss or nonfinite_grad:
                 self._skip_nonfinite_step()
@@ -237,7 +268,7 @@ class CausalLMModule(LightningModule):
         for grad in grads:
             grad.mul_(scale)
         means = totals[:-2] / tokens
-        for name, value in zip(_WINDOW_FIELDS, means):
+        for name, value in zip(self._stat_names, means):
             self.log(f"train/{name}", value, prog_bar=name == "loss", rank_zero_only=True)
         self.log("train/target_tokens", totals[-2], rank_zero_only=True)
 
@@ -345,11 +376,34 @@ class CausalLMModule(LightningModule):
         return configure_adamw(self.parameters(), self.optimizer_args, int(self.trainer.estimated_stepping_batches))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the model's config so ``lit-dft export`` rebuilds it without the original weights."""
+        """Keep the model's config so ``lit-dft export`` rebuilds it without the original weights; leave out a
+        reference model's weights (rebuilt from its source, recorded here) unless the checkpoint is sharded."""
         checkpoint["hf_config"] = self.model.config.to_dict()
+        if self.reference_model is not None:
+            checkpoint["reference"] = self._reference_source()
+            if not getattr(self.trainer.strategy, "_save_distributed_checkpoint", False):
+                state = checkpoint["state_dict"]
+                for key in [k for k in state if k.startswith(_REFERENCE_PREFIX)]:
+                    del state[key]
+
+    def _reference_source(self) -> str:
+        return self.hparams.reference or f"the initial weights of {self.hparams.model_name_or_path}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another model shape with one sentence rather than a shape error."""
+        """Refuse a checkpoint of another model shape (or another reference) with one sentence rather than a shape
+        error; the reference model's weights come from its source, as when the checkpoint was written."""
+        state = checkpoint.get("state_dict", {})
+        if self.reference_model is None:
+            for key in [k for k in state if k.startswith(_REFERENCE_PREFIX)]:  # a run with a KL term, read without
+                del state[key]
+        else:
+            if checkpoint.get("reference", self._reference_source()) != self._reference_source():
+                raise LitDFTError(
+                    f"The checkpoint was trained against the reference {checkpoint['reference']}, this run's is "
+                    f"{self._reference_source()}: set model.reference to the one it was trained with"
+                )
+            if not any(k.startswith(_REFERENCE_PREFIX) for k in state):
+                state.update({_REFERENCE_PREFIX + k: v for k, v in full_state_dict(self.reference_model).items()})
         saved = checkpoint.get("hf_config", {})
         current = self.model.config
         for key in ("vocab_size", "hidden_size", "num_hidden_layers"):

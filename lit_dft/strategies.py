@@ -64,13 +64,15 @@ def shard_decoder(
 
     The top-level unit keeps FSDP's default of staying gathered after forward: the chunked loss reads
     the output head from a hook rather than through the model's output, so the unit must not be
-    resharded before backward.
+    resharded before backward. A frozen model (a reference) has no backward, where FSDP would reshard it:
+    it reshards after every forward (the loss runs inside that forward, while its head is gathered).
     """
+    frozen = not any(p.requires_grad for p in model.parameters())
     layers = decoder_layer_classes(model)
     for sub in list(model.modules()):
         if isinstance(sub, layers):
-            fully_shard(sub, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+            fully_shard(sub, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward or frozen)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=True if frozen else None)
 
 
 class FSDP2Strategy(ModelParallelStrategy):

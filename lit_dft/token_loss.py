@@ -12,9 +12,11 @@ linear cross-entropy kernels do), so backward costs no second projection.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -35,42 +37,104 @@ def target_log_probs_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
     return target_logits - torch.logsumexp(_at_least_float32(logits), dim=-1)
 
 
-def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """``(a * b).sum(1)`` as a batched matrix product: no ``(n, V)`` temporary."""
-    return (a.unsqueeze(1) @ b.unsqueeze(2)).reshape(-1)
+class TokenTerms(NamedTuple):
+    """What the loss computes for N target tokens."""
+
+    loss: Tensor
+    """The objective's loss summed over the tokens (with ``kl_weight`` times the summed KL, if any)."""
+    log_probs: Tensor
+    """``(N,)`` detached ``log p_t``."""
+    entropy: Tensor
+    """``(N,)`` detached entropy of each next-token distribution."""
+    kl_ref: Tensor | None = None
+    """``(N,)`` detached ``KL(p_ref || p_theta)`` at each position, when the objective has a KL term."""
+
+
+_BLOCK_ELEMENTS = 2**22  # rows of a chunk handled at once for its statistics: a 16 MB float32 temporary
+
+
+def _xlogy(x: Tensor, y: Tensor) -> Tensor:
+    """``x * y`` with 0 where ``x`` is 0 (the ``0 * -inf`` of a masked logit counts as 0)."""
+    return torch.where(x > 0, x * y, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _row_statistics(shifted: Tensor, objective: TokenObjective, reference_logits: Tensor | None) -> dict[str, Tensor]:
+    """Entropy, the declared statistics and, with reference logits, ``KL(p_ref || p)`` of every row of ``shifted``
+    (logits minus their row maximum), a block of rows at a time so that no second chunk-sized buffer is made;
+    the reference logits are turned into the reference probabilities in place (the KL gradient needs them)."""
+    stats = {"entropy": torch.empty(shifted.shape[0], dtype=shifted.dtype, device=shifted.device)}
+    if "sum_sq_probs" in objective.needs:
+        stats["sum_sq_probs"] = torch.empty_like(stats["entropy"])
+    if reference_logits is not None:
+        stats["kl_ref"] = torch.empty_like(stats["entropy"])
+    if "topk_entropy" in objective.needs:
+        top = shifted.topk(objective.top_k, dim=1).values.log_softmax(dim=1)
+        stats["topk_entropy"] = -_xlogy(top.exp(), top).sum(dim=1)
+    block = max(1, _BLOCK_ELEMENTS // max(1, shifted.shape[1]))
+    for start in range(0, shifted.shape[0], block):
+        rows = slice(start, start + block)
+        exp = shifted[rows].exp()
+        sums = exp.sum(dim=1)
+        log_probs = shifted[rows] - sums.log().unsqueeze(1)
+        stats["entropy"][rows] = -_xlogy(exp, log_probs).sum(dim=1) / sums
+        if "sum_sq_probs" in stats:
+            stats["sum_sq_probs"][rows] = exp.square().sum(dim=1) / sums**2
+        if reference_logits is not None:
+            reference_log_probs = reference_logits[rows].log_softmax(dim=1)
+            reference_probs = reference_log_probs.exp()
+            stats["kl_ref"][rows] = _xlogy(reference_probs, reference_log_probs - log_probs).sum(dim=1)
+            reference_logits[rows] = reference_probs
+    return stats
 
 
 def _distribution_terms(
-    logits: Tensor, targets: Tensor, objective: TokenObjective
+    logits: Tensor, targets: Tensor, objective: TokenObjective, reference_logits: Tensor | None = None
 ) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
     """From logits ``(n, V)`` in float32 or wider, overwritten in place: ``log p_t``, the distribution's
-    statistics (the entropy, and what the objective needs), and ``exp(logits - max)`` with its row sums, from
-    which the chunked gradient is built."""
+    statistics (the entropy, ``kl_ref`` with reference logits, which become the reference probabilities in
+    place, and what the objective needs), and ``exp(logits - max)`` with its row sums, from which the chunked
+    gradient is built."""
     target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
     row_max = logits.amax(dim=1, keepdim=True)
     shifted = logits.sub_(row_max)
-    stats = {}
-    if "topk_entropy" in objective.needs:
-        top = shifted.topk(objective.top_k, dim=1).values.log_softmax(dim=1)
-        stats["topk_entropy"] = -(top.exp() * top).sum(dim=1)
-    exp = shifted.exp()
+    stats = _row_statistics(shifted, objective, reference_logits)
+    exp = shifted.exp_()  # in place: the policy's one chunk-sized buffer
     sums = exp.sum(dim=1)
-    stats["entropy"] = sums.log() - _row_dot(exp, shifted) / sums
-    if "sum_sq_probs" in objective.needs:
-        stats["sum_sq_probs"] = _row_dot(exp, exp) / sums**2
     return target_logits - row_max.squeeze(1) - sums.log(), stats, exp, sums
 
 
+def _chunked_statistics(logits: Tensor, objective: TokenObjective) -> dict[str, Tensor]:
+    """The statistics of full logits ``(N, V)``, from a float32 copy of one chunk of rows at a time."""
+    chunk_size = default_chunk_size(logits.shape[1], logits.device.type)
+    chunks = []
+    for start in range(0, max(1, logits.shape[0]), chunk_size):
+        rows = _at_least_float32(logits[start : start + chunk_size]).clone()
+        chunks.append(_row_statistics(rows.sub_(rows.amax(dim=1, keepdim=True)), objective, None))
+    return {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}
+
+
+def _objective_context(context: TokenContext, stats: dict[str, Tensor]) -> TokenContext:
+    return replace(context, **{k: v for k, v in stats.items() if k != "kl_ref"})
+
+
 def naive_objective_loss(
-    logits: Tensor, targets: Tensor, objective: TokenObjective, context: TokenContext | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Loss sum, target log-probs and entropies from logits ``(N, V)`` of the N target tokens; ``context`` holds
-    the target-side fields (``special``, ``sequence``) the objective needs."""
+    logits: Tensor,
+    targets: Tensor,
+    objective: TokenObjective,
+    context: TokenContext | None = None,
+    reference_logits: Tensor | None = None,
+) -> TokenTerms:
+    """The loss terms from logits ``(N, V)`` of the N target tokens (and the reference model's, for an objective
+    with a KL term); ``context`` holds the target-side fields (``special``, ``sequence``) the objective needs."""
     log_probs = target_log_probs_from_logits(logits, targets)
     with torch.no_grad(), torch.autocast(logits.device.type, enabled=False):
-        _, stats, _, _ = _distribution_terms(_at_least_float32(logits.detach()).clone(), targets, objective)
-    context = replace(context or TokenContext(), **stats)
-    return objective(log_probs, context).sum(), log_probs.detach(), stats["entropy"]
+        stats = _chunked_statistics(logits.detach(), objective)
+    loss = objective(log_probs, _objective_context(context or TokenContext(), stats)).sum()
+    if reference_logits is None:
+        return TokenTerms(loss, log_probs.detach(), stats["entropy"])
+    reference = _at_least_float32(reference_logits.detach()).log_softmax(dim=-1)
+    kl_ref = (reference.exp() * (reference - _at_least_float32(logits).log_softmax(dim=-1))).sum(dim=-1)
+    return TokenTerms(loss + objective.kl_weight * kl_ref.sum(), log_probs.detach(), stats["entropy"], kl_ref.detach())
 
 
 def _matmul_dtype(hidden: Tensor) -> torch.dtype:
@@ -89,10 +153,14 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
         objective: TokenObjective,
         chunk_size: int,
         context: TokenContext,
+        reference_hidden: Tensor | None,
+        reference_weight: Tensor | None,
     ):
         n = hidden.shape[0]
         matmul = _matmul_dtype(hidden)
         w = weight.to(matmul)  # once, not once per chunk as autocast would
+        w_ref = reference_weight.to(matmul) if reference_weight is not None else None
+        kl_weight = objective.kl_weight if w_ref is not None else 0.0
         accumulate = torch.promote_types(hidden.dtype, torch.float32)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = (
@@ -101,23 +169,31 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
         loss_sum = torch.zeros((), dtype=accumulate, device=hidden.device)
         log_probs = torch.empty(n, dtype=accumulate, device=hidden.device)
         entropy = torch.empty(n, dtype=accumulate, device=hidden.device)
+        kl_ref = torch.empty(n if w_ref is not None else 0, dtype=accumulate, device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):  # the dtypes below are chosen explicitly
             for start in range(0, n, chunk_size):
                 chunk = slice(start, start + chunk_size)
                 h, y = hidden[chunk].to(matmul), targets[chunk]
-                logits = _at_least_float32(h @ w.T)
-                chunk_log_probs, stats, exp_logits, sums = _distribution_terms(logits, y, objective)
-                del logits  # the shifted logits: freed here, exp_logits is the one chunk-sized buffer kept
+                reference_probs = (  # logits first, then the reference probabilities, in place
+                    None if w_ref is None else _at_least_float32(reference_hidden[chunk].to(matmul) @ w_ref.T)
+                )
+                chunk_log_probs, stats, exp_logits, sums = _distribution_terms(
+                    _at_least_float32(h @ w.T), y, objective, reference_probs
+                )
                 with torch.enable_grad():
                     leaf = chunk_log_probs.detach().requires_grad_()
-                    chunk_loss = objective(leaf, replace(context[chunk], **stats)).sum()
+                    chunk_loss = objective(leaf, _objective_context(context[chunk], stats)).sum()
                     (d_log_probs,) = torch.autograd.grad(chunk_loss, leaf)
                 loss_sum += chunk_loss.detach()
                 log_probs[chunk] = chunk_log_probs
                 entropy[chunk] = stats["entropy"]
-                # d loss / d logits = g * (onehot - softmax), built in place in the same buffer.
-                grad_logits = exp_logits.mul_((-d_log_probs / sums).unsqueeze(1))
+                # d loss / d logits = g * (onehot - softmax) [+ kl_weight * (softmax - p_ref)], in the same buffer.
+                grad_logits = exp_logits.mul_(((kl_weight - d_log_probs) / sums).unsqueeze(1))
                 grad_logits.scatter_add_(1, y.unsqueeze(1), d_log_probs.unsqueeze(1))
+                if reference_probs is not None:
+                    grad_logits.sub_(reference_probs, alpha=kl_weight)
+                    kl_ref[chunk] = stats["kl_ref"]
+                    loss_sum += kl_weight * stats["kl_ref"].sum()
                 grad_logits = grad_logits.to(matmul)
                 if grad_hidden is not None:
                     grad_hidden[chunk] = grad_logits @ w
@@ -127,18 +203,18 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
                     grad_weight += grad_logits.T @ h  # a tensor-core product, summed in float32
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
-        ctx.mark_non_differentiable(log_probs, entropy)
-        return loss_sum, log_probs, entropy
+        ctx.mark_non_differentiable(log_probs, entropy, kl_ref)
+        return loss_sum, log_probs, entropy, kl_ref
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss: Tensor, _grad_log_probs: Tensor, _grad_entropy: Tensor):
+    def backward(ctx, grad_loss: Tensor, _grad_log_probs: Tensor, _grad_entropy: Tensor, _grad_kl_ref: Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors  # scaled in place: backward runs once, no copies
         if grad_hidden is not None:
             grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
         if grad_weight is not None:
             grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None
 
 
 def default_chunk_size(vocab_size: int, device_type: str = "cpu") -> int:
@@ -148,21 +224,36 @@ def default_chunk_size(vocab_size: int, device_type: str = "cpu") -> int:
 
 
 def _chunked_loss_only(
-    hidden: Tensor, weight: Tensor, targets: Tensor, objective: TokenObjective, chunk_size: int, context: TokenContext
-) -> tuple[Tensor, Tensor, Tensor]:
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    objective: TokenObjective,
+    chunk_size: int,
+    context: TokenContext,
+    reference: tuple[Tensor, Tensor] | None,
+) -> TokenTerms:
     """The chunked loss when no gradient is wanted (validation, the probe, ``torch.inference_mode``)."""
     compute = torch.promote_types(hidden.dtype, torch.float32)
     loss_sum = torch.zeros((), dtype=compute, device=hidden.device)
-    log_probs = torch.empty(hidden.shape[0], dtype=compute, device=hidden.device)
-    entropy = torch.empty(hidden.shape[0], dtype=compute, device=hidden.device)
+    log_probs, entropy = (torch.empty(hidden.shape[0], dtype=compute, device=hidden.device) for _ in range(2))
+    kl_ref = torch.empty(hidden.shape[0], dtype=compute, device=hidden.device) if reference else None
     for start in range(0, hidden.shape[0], chunk_size):
         chunk = slice(start, start + chunk_size)
         logits = hidden[chunk] @ weight.T  # in autocast's dtype under mixed precision, as the model's own head
+        reference_logits = reference[0][chunk] @ reference[1].T if reference else None
         with torch.autocast(hidden.device.type, enabled=False):
-            log_probs[chunk], stats, _, _ = _distribution_terms(_at_least_float32(logits), targets[chunk], objective)
+            if reference_logits is not None:
+                reference_logits = _at_least_float32(reference_logits)
+            log_probs[chunk], stats, _, _ = _distribution_terms(
+                _at_least_float32(logits), targets[chunk], objective, reference_logits
+            )
+            del logits, reference_logits
             entropy[chunk] = stats["entropy"]
-            loss_sum += objective(log_probs[chunk], replace(context[chunk], **stats)).sum()
-    return loss_sum, log_probs, entropy
+            loss_sum += objective(log_probs[chunk], _objective_context(context[chunk], stats)).sum()
+            if kl_ref is not None:
+                kl_ref[chunk] = stats["kl_ref"]
+                loss_sum += objective.kl_weight * stats["kl_ref"].sum()
+    return TokenTerms(loss_sum, log_probs, entropy, kl_ref)
 
 
 def chunked_objective_loss(
@@ -172,22 +263,55 @@ def chunked_objective_loss(
     objective: TokenObjective,
     chunk_size: int | None = None,
     context: TokenContext | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Loss sum, target log-probs and entropies from hidden states ``(N, H)`` and the output projection ``(V, H)``.
+    reference: tuple[Tensor, Tensor] | None = None,
+) -> TokenTerms:
+    """The loss terms from hidden states ``(N, H)`` and the output projection ``(V, H)``.
 
     Requires an elementwise objective (every :class:`TokenObjective` is, given its detached context) and a
     head without bias, scaling or soft-capping. ``context`` holds the target-side fields (``special``,
-    ``sequence``) the objective needs; the distribution's statistics are computed here, chunk by chunk.
-    ``chunk_size`` defaults to :func:`default_chunk_size`. Without grad mode, or when neither input requires
-    a gradient, no gradient is computed.
+    ``sequence``) the objective needs; the distribution's statistics are computed here, chunk by chunk, and
+    so is the KL term from the reference model's hidden states and head (``reference``) for an objective with
+    a ``kl_weight``. ``chunk_size`` defaults to :func:`default_chunk_size`. Without grad mode, or when neither
+    input requires a gradient, no gradient is computed.
     """
     chunk_size = chunk_size or default_chunk_size(weight.shape[0], hidden.device.type)
     if chunk_size < 1:
         raise LitDFTError(f"loss_chunk_size must be >= 1 (or 0 for full logits), got {chunk_size}")
     context = context or TokenContext()
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
-        return _chunked_loss_only(hidden, weight, targets, objective, chunk_size, context)
-    return _ChunkedObjectiveLoss.apply(hidden, weight, targets, objective, chunk_size, context)
+        return _chunked_loss_only(hidden, weight, targets, objective, chunk_size, context, reference)
+    reference_hidden, reference_weight = reference if reference is not None else (None, None)
+    loss, log_probs, entropy, kl_ref = _ChunkedObjectiveLoss.apply(
+        hidden, weight, targets, objective, chunk_size, context, reference_hidden, reference_weight
+    )
+    return TokenTerms(loss, log_probs, entropy, kl_ref if reference is not None else None)
+
+
+def _per_position(values: Tensor, mask: Tensor) -> Tensor:
+    """Flat values of the target tokens back at their ``(B, T-1)`` positions, 0 elsewhere."""
+    per_position = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    per_position[mask] = values
+    return per_position
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluation mode (no dropout) for one forward of a frozen model; the mode Lightning sees is unchanged."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _forward_with_hook(model: torch.nn.Module, inputs: dict, hook_fn: Any) -> None:
+    """``model``'s forward with ``hook_fn`` on its base model's output, projecting no position to the vocabulary."""
+    hook = model.base_model.register_forward_hook(hook_fn)
+    try:
+        model(**inputs, logits_to_keep=_NO_POSITIONS.to(inputs["input_ids"].device))
+    finally:
+        hook.remove()
 
 
 _SCALED_HEAD_KEYS = (
@@ -216,6 +340,8 @@ class TokenLoss:
         objective: the token objective.
         chunk_size: target tokens per chunk; ``None`` chunks when the vocabulary has >= 32,768 entries
             (chunks of :func:`default_chunk_size`); ``0`` always uses full logits.
+        special_ids: the special and template token ids (for objectives that need ``special``).
+        reference: the frozen reference model of an objective with a KL term (``kl_weight > 0``).
     """
 
     def __init__(
@@ -224,11 +350,15 @@ class TokenLoss:
         objective: TokenObjective,
         chunk_size: int | None = None,
         special_ids: Sequence[int] = (),
+        reference: torch.nn.Module | None = None,
     ) -> None:
+        if objective.kl_weight > 0 and reference is None:
+            raise LitDFTError(f"{objective!r} has a KL term and so needs a reference model")
         self.model = model
         self.objective = objective
         self.chunk_size = chunk_size
         self.special_ids = torch.tensor(sorted(special_ids), dtype=torch.long)
+        self.reference = reference if objective.kl_weight > 0 else None
         self.chunked: bool | None = None  # decided on the first call
 
     def __call__(self, batch: TrainingBatch) -> TokenOutputs:
@@ -238,15 +368,24 @@ class TokenLoss:
         targets = batch.targets
         mask = targets != IGNORE_INDEX
         context = self._target_context(mask, targets[mask])
-        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
         if self.chunked:
-            loss, log_probs, entropy = self._chunked(inputs, mask, targets[mask], context)
+            terms = self._chunked(inputs, mask, targets[mask], context)
         else:
             logits = self.model(**inputs).logits[:, :-1][mask]
-            loss, log_probs, entropy = naive_objective_loss(logits, targets[mask], self.objective, context)
-        per_token = torch.zeros((2, *targets.shape), dtype=log_probs.dtype, device=targets.device)
-        per_token[0][mask], per_token[1][mask] = log_probs, entropy
-        return TokenOutputs(loss, per_token[0], mask, targets, per_token[1])
+            reference_logits = None
+            if self.reference is not None:
+                with torch.no_grad(), _eval_mode(self.reference):
+                    reference_logits = self.reference(**inputs).logits[:, :-1][mask]
+            terms = naive_objective_loss(logits, targets[mask], self.objective, context, reference_logits)
+        return TokenOutputs(
+            terms.loss,
+            _per_position(terms.log_probs, mask),
+            mask,
+            targets,
+            _per_position(terms.entropy, mask),
+            None if terms.kl_ref is None else _per_position(terms.kl_ref, mask),
+        )
 
     def _target_context(self, mask: Tensor, targets: Tensor) -> TokenContext:
         """The context fields that come from the targets alone, if the objective needs them."""
@@ -255,34 +394,40 @@ class TokenLoss:
         sequence = mask.nonzero()[:, 0] if "sequence" in needs else None
         return TokenContext(special=special, sequence=sequence)
 
-    def _chunked(
-        self, inputs: dict, mask: Tensor, targets: Tensor, context: TokenContext
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _chunked(self, inputs: dict, mask: Tensor, targets: Tensor, context: TokenContext) -> TokenTerms:
         """Computed inside the model's own forward with no position projected by the model: a hook on
         ``base_model`` takes the final hidden states while the top-level forward runs, so under FSDP the root
-        unit (output head included) is gathered then and its gradient is reduced by FSDP's own hooks."""
-        model, results = self.model, []
+        unit (output head included) is gathered then and its gradient is reduced by FSDP's own hooks. With a
+        reference model, its forward runs inside that hook and the loss inside its own, where both heads are
+        gathered."""
+        results: list[TokenTerms] = []
 
         def loss_from_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
             hidden = output[0][:, :-1][mask]
-            weight = model.get_output_embeddings().weight
-            results.append(chunked_objective_loss(hidden, weight, targets, self.objective, self.chunk_size, context))
+            weight = self.model.get_output_embeddings().weight
+            loss = partial(chunked_objective_loss, hidden, weight, targets, self.objective, self.chunk_size, context)
+            if self.reference is None:
+                results.append(loss())
+                return
 
-        hook = model.base_model.register_forward_hook(loss_from_hidden)
-        try:
-            model(**inputs, logits_to_keep=_NO_POSITIONS.to(mask.device))
-        finally:
-            hook.remove()
+            def with_reference(module: torch.nn.Module, args: Any, output: Any) -> None:
+                reference_head = self.reference.get_output_embeddings().weight.detach()
+                results.append(loss(reference=(output[0][:, :-1][mask].detach(), reference_head)))
+
+            with _eval_mode(self.reference):
+                _forward_with_hook(self.reference, inputs, with_reference)
+
+        _forward_with_hook(self.model, inputs, loss_from_hidden)
         return results[-1]
 
     def _can_chunk(self, device: torch.device) -> bool:
         if self.chunk_size == 0:
             return False
-        model = self.model
-        head = model.get_output_embeddings()
+        head = self.model.get_output_embeddings()
         if self.chunk_size is None and not (isinstance(head, torch.nn.Linear) and head.out_features >= 32_768):
             return False
-        reason = _not_a_plain_head(model) or _head_mismatch(model, device)
+        models = [self.model] + ([self.reference] if self.reference is not None else [])
+        reason = next((r for m in models if (r := _not_a_plain_head(m) or _head_mismatch(m, device))), None)
         if reason:
             rank_zero_warn(f"The chunked loss is off for this model ({reason}); computing full logits instead.")
         return reason is None

@@ -58,3 +58,9 @@ def smoke_run_dir(loss: str, tmp_path_factory) -> Path:
 def smoke_run(request, tmp_path_factory) -> tuple[str, Path]:
     """(loss, folder) of a smoke run with that objective."""
     return request.param, smoke_run_dir(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def dft_smoke_run(tmp_path_factory) -> tuple[str, Path]:
+    """("dft", folder): for tests whose subject does not depend on the objective."""
+    return "dft", smoke_run_dir("dft", tmp_path_factory)

@@ -1,4 +1,4 @@
-"""One FSDP2 training step of the micro model on 2 CPU processes; run by ``test_fsdp.py`` as ``python -m tests.fsdp_worker OUT``.
+"""One FSDP2 training step of the micro model on 2 CPU processes; run by ``test_fsdp.py`` as ``python -m tests.fsdp_worker OUT LOSS``.
 
 Lightning's launcher starts the second process by running this command again. Rank 0 writes the
 full weights before and after the step, a full checkpoint and (``ExportOnFitEnd``) a Hugging Face folder under OUT.
@@ -33,8 +33,8 @@ class _Recorder(L.Callback):
         self._gather("after", pl_module)
 
 
-def main(out: Path) -> None:
-    module = MicroModule(loss="dft", loss_chunk_size=7)
+def main(out: Path, loss: str) -> None:
+    module = MicroModule(loss=loss, loss_chunk_size=7)
     module.configure_model()
     module.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     recorder = _Recorder()
@@ -57,4 +57,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2])

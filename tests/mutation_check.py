@@ -86,7 +86,7 @@ MUTATIONS = [
         "lit_dft/callbacks/export.py",
         "        weights = full_state_dict(pl_module.model)",
         "        return\n        weights = full_state_dict(pl_module.model)",
-        ("tests/test_fsdp.py::test_two_process_fsdp_matches_one_process_on_the_same_global_batch",),
+        ("tests/test_fsdp.py::test_two_process_fsdp_matches_one_process_on_the_same_global_batch[dft]",),
     ),
     Mutation(
         "a constant learning rate instead of warm-up and cosine decay",

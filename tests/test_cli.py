@@ -40,8 +40,8 @@ def test_smoke_fit_writes_checkpoint_config_and_loss_pair(smoke_run):
         assert scalars["train/loss"] == pytest.approx(scalars["train/dft"])
 
 
-def test_saved_config_reruns_as_is(smoke_run, tmp_path):
-    _, run = smoke_run
+def test_saved_config_reruns_as_is(dft_smoke_run, tmp_path):
+    _, run = dft_smoke_run
     (config,) = run.rglob("config.yaml")
     main(["fit", "--config", str(config), "--trainer.max_steps=10", f"--trainer.default_root_dir={tmp_path}"])
     assert list(tmp_path.rglob("*.ckpt"))
@@ -61,7 +61,7 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("--model.loss=dtf", "Unknown objective 'dtf'. Registered objectives: deft, dft, eaft, focal, prob"),
+        ("--model.loss=dtf", "Unknown objective 'dtf'. Registered objectives: asft, deft, dft, eaft, focal"),
         ("--model.model_name_or_path=./no/such/model", "Model path not found: ./no/such/model"),
         ("--data.preset=gsm8", "Unknown preset 'gsm8'. Known presets:"),
         ("--data.preset={question: q, solution: s}", "Preset (inline): no data source: the preset names no hub_id"),

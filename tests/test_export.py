@@ -17,8 +17,8 @@ def _logits(model):
         return model.eval()(input_ids=IDS).logits
 
 
-def test_checkpoint_export_round_trip_reproduces_the_logits(smoke_run, tmp_path, capsys):
-    _, run = smoke_run
+def test_checkpoint_export_round_trip_reproduces_the_logits(dft_smoke_run, tmp_path, capsys):
+    _, run = dft_smoke_run
     (ckpt,) = run.rglob("last.ckpt")
     main(["export", str(ckpt), str(tmp_path / "hf")])
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
@@ -40,8 +40,8 @@ def test_gguf_model_exports_to_plain_safetensors(tmp_path):
     torch.testing.assert_close(_logits(exported), _logits(model), rtol=0, atol=0)
 
 
-def test_unwritable_export_target_is_reported_and_checkpoint_untouched(smoke_run, tmp_path):
-    _, run = smoke_run
+def test_unwritable_export_target_is_reported_and_checkpoint_untouched(dft_smoke_run, tmp_path):
+    _, run = dft_smoke_run
     (ckpt,) = run.rglob("last.ckpt")
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     blocker = tmp_path / "a_file"
@@ -64,12 +64,12 @@ def test_names_lightning_resolves_are_not_checked_as_local_files():
     assert is_local_checkpoint_path("runs/demo/last.ckpt")
 
 
-def test_load_from_checkpoint_rebuilds_the_module_with_its_grouped_settings(smoke_run):
+def test_load_from_checkpoint_rebuilds_the_module_with_its_grouped_settings(dft_smoke_run):
     from lit_dft.generation import GenerationArgs
     from lit_dft.module import CausalLMModule
     from lit_dft.optim import OptimizerArgs
 
-    _, run = smoke_run
+    _, run = dft_smoke_run
     (ckpt,) = run.rglob("last.ckpt")
     module = CausalLMModule.load_from_checkpoint(ckpt, weights_only=True)  # the settings are plain values
     assert isinstance(module.optimizer_args, OptimizerArgs) and module.optimizer_args.learning_rate == 3e-3

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -16,10 +17,11 @@ from tests.test_module import _step_delta
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("loss", ["dft", "asft"])  # asft: a frozen reference, sharded too, run inside the forward
+def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path, loss):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
-        [sys.executable, "-m", "tests.fsdp_worker", str(tmp_path)],
+        [sys.executable, "-m", "tests.fsdp_worker", str(tmp_path), loss],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -29,13 +31,15 @@ def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)
     two = {n: weights["after"][n] - weights["before"][n] for n in weights["before"]}
-    one = _step_delta(batch_size=8, accumulate=1)  # the same 8 rows in one process, no sharding, full logits
+    one = _step_delta(batch_size=8, accumulate=1, loss=loss)  # the same 8 rows in one process, no sharding, full logits
     assert set(one) <= set(two)  # the full state dict also names the tied head
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-8, msg=name)
 
     checkpoint = torch.load(tmp_path / "fsdp.ckpt", weights_only=True)  # one full file, readable by `lit-dft export`
-    for name, value in weights["after"].items():
+    trained = {name: value for name, value in weights["after"].items() if not name.startswith("reference_model.")}
+    assert set(checkpoint["state_dict"]) == set(trained), "a reference's weights are rebuilt, not saved"
+    for name, value in trained.items():
         torch.testing.assert_close(checkpoint["state_dict"][name], value, rtol=0, atol=0, msg=name)
     assert checkpoint["hf_config"]["num_hidden_layers"] == 2
 
@@ -61,4 +65,7 @@ def test_shard_decoder_makes_each_layer_a_unit_and_keeps_the_top_unit_gathered(m
     assert [name for name, _ in calls] == ["LlamaDecoderLayer", "LlamaDecoderLayer", "LlamaForCausalLM"]
     assert all(kwargs["mesh"] == "mesh" and kwargs["mp_policy"] == "policy" for _, kwargs in calls)
     assert all(kwargs["reshard_after_forward"] is True for _, kwargs in calls[:2])
-    assert "reshard_after_forward" not in calls[2][1], "the top unit must stay gathered until backward"
+    assert calls[2][1]["reshard_after_forward"] is None, "the top unit must stay gathered until backward"
+    calls.clear()
+    shard_decoder(micro_llama().requires_grad_(False), mesh="mesh", policy="policy", reshard_after_forward=False)
+    assert all(kwargs["reshard_after_forward"] is True for _, kwargs in calls), "a frozen model has no backward"

@@ -341,3 +341,59 @@ def test_grouped_settings_are_saved_as_plain_values_that_read_back(tmp_path):
     assert module.optimizer_args.learning_rate == 1e-3
     save_hparams_to_yaml(tmp_path / "hparams.yaml", module.hparams_initial)  # what loggers write
     assert load_hparams_from_yaml(tmp_path / "hparams.yaml")["optimizer"]["learning_rate"] == 1e-3
+
+
+class _KLRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.kl = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.kl.append(float(trainer.callback_metrics["train/kl_ref"]))
+
+
+def test_asft_reference_is_frozen_outside_the_optimiser_and_anchors_from_zero():
+    from lit_dft.module import CausalLMModule
+
+    module = MicroModule(loss="asft", module_class=CausalLMModule)  # AdamW: it keeps state for what it trains
+    module.configure_model()
+    reference = {n: p.detach().clone() for n, p in module.reference_model.named_parameters()}
+    recorder = _KLRecorder()
+    _fit(module, loader(uneven_rows(), 2), max_steps=3, callbacks=[recorder])
+    trained = {id(p) for group in module.trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not any(id(p) in trained for p in module.reference_model.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in module.reference_model.parameters())
+    assert all(torch.equal(p, reference[n]) for n, p in module.reference_model.named_parameters())
+    assert recorder.kl[0] == pytest.approx(0.0, abs=1e-12) and recorder.kl[-1] > 1e-8  # the copy, then the drift
+
+
+def test_asft_checkpoints_record_the_reference_instead_of_its_weights_and_resume(tmp_path):
+    from lit_dft.errors import LitDFTError
+
+    module = MicroModule(loss="asft")
+    initial = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    quiet_trainer(max_steps=2, precision="64-true", logger=False).fit(module, loader(uneven_rows(), 2))
+    module.trainer.save_checkpoint(tmp_path / "asft.ckpt")
+    checkpoint = torch.load(tmp_path / "asft.ckpt", weights_only=True)
+    assert not any(key.startswith("reference_model.") for key in checkpoint["state_dict"])
+    assert checkpoint["reference"].startswith("the initial weights of")
+    resumed = MicroModule(loss="asft")  # the same initial weights: the reference is rebuilt from them
+    quiet_trainer(max_steps=3, precision="64-true", logger=False).fit(
+        resumed, loader(uneven_rows(), 2), ckpt_path=tmp_path / "asft.ckpt"
+    )  # strict loading: the reference's weights are filled in from their source
+    assert all(torch.equal(p, initial[n]) for n, p in resumed.reference_model.named_parameters())
+    checkpoint["reference"] = "another model"
+    with pytest.raises(LitDFTError, match="trained against the reference another model"):
+        _configured("asft").on_load_checkpoint(checkpoint)
+
+
+def _configured(loss: str):
+    module = MicroModule(loss=loss)
+    module.configure_model()
+    return module
+
+
+def test_a_reference_without_a_kl_term_is_refused():
+    from lit_dft.errors import LitDFTError
+
+    with pytest.raises(LitDFTError, match="model.reference is used by objectives with a KL term"):
+        MicroModule(loss="dft", reference="tiny").configure_model()

@@ -60,7 +60,7 @@ def test_min_weight_clamps_the_weight_from_below():
 
 
 def test_unknown_objective_lists_registered_names():
-    with pytest.raises(LitDFTError, match="Registered objectives: deft, dft, eaft, focal, prob, prob_power"):
+    with pytest.raises(LitDFTError, match="Registered objectives: asft, deft, dft, eaft, focal, prob, prob_power"):
         build_objective("dtf")
 
 
@@ -105,7 +105,7 @@ def _paper_formula(name: str, logits: torch.Tensor, targets: torch.Tensor) -> to
     p = log_p.exp()
     if name == "sft":
         return -log_p
-    if name == "dft":  # -sg(p) log p
+    if name in ("dft", "asft"):  # -sg(p) log p (asft's KL term needs a reference: its own test)
         return -p.detach() * log_p
     if name == "prob":  # -p, shifted by 1
         return 1 - p
@@ -132,7 +132,7 @@ def test_every_objective_matches_its_paper_formula_in_value_and_logit_gradient(n
     targets[::2] = logits[::2].argmax(-1)  # half the tokens likely: every weighting has tokens to act on
     expected = _paper_formula(name, logits, targets)
     (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
-    loss, _, _ = naive_objective_loss(logits, targets, build_objective(name), TokenContext())
+    loss = naive_objective_loss(logits, targets, build_objective(name), TokenContext()).loss
     (grad,) = torch.autograd.grad(loss, logits)
     torch.testing.assert_close(loss, expected.sum(), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
@@ -145,3 +145,31 @@ def test_protection_gives_special_tokens_the_sft_weight_and_leaves_the_others():
     protected = ProtectSpecialTokens(DFT())(log_probs, TokenContext(special=special))
     (weights,) = torch.autograd.grad(-protected.sum(), log_probs)  # the gradient weight of each token
     assert weights.tolist() == pytest.approx([1.0, 0.3, 0.9, 1.0])  # SFT's 1 on the special ones, DFT's p elsewhere
+
+
+def test_asft_adds_the_kl_to_the_reference_in_value_and_logit_gradient():
+    from lit_dft.objectives import ASFT
+
+    g = torch.Generator().manual_seed(4)
+    logits = (torch.randn(30, 40, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    reference = torch.randn(30, 40, generator=g, dtype=torch.float64) * 2
+    targets = torch.randint(0, 40, (30,), generator=g)
+    log_p_all, log_ref = logits.log_softmax(-1), reference.log_softmax(-1)
+    log_p = log_p_all.gather(1, targets[:, None]).squeeze(1)
+    kl = (log_ref.exp() * (log_ref - log_p_all)).sum(-1)  # KL(p_ref || p_theta), the authors' direction
+    expected = (-log_p.exp().detach() * log_p + 0.3 * kl).sum()
+    terms = naive_objective_loss(logits, targets, ASFT(kl_weight=0.3), TokenContext(), reference)
+    torch.testing.assert_close(terms.loss, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(terms.kl_ref, kl.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        torch.autograd.grad(terms.loss, logits)[0], torch.autograd.grad(expected, logits)[0], rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_focal_has_a_finite_gradient_on_a_certain_token(gamma):
+    from lit_dft.objectives import Focal
+
+    log_probs = torch.tensor([0.0, -1e-9, -2.0], requires_grad=True)  # p = 1 exactly, as float32 gives
+    Focal(gamma=gamma)(log_probs).sum().backward()
+    assert torch.isfinite(log_probs.grad).all()

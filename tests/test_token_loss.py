@@ -29,14 +29,16 @@ def _context(targets):
 
 def _naive(hidden, weight, targets, objective):
     hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    loss, log_probs, entropy = naive_objective_loss(hidden @ weight.T, targets, objective, _context(targets))
+    loss, log_probs, entropy, _ = naive_objective_loss(hidden @ weight.T, targets, objective, _context(targets))
     loss.backward()
     return loss.detach(), log_probs, entropy, hidden.grad, weight.grad
 
 
 def _chunked(hidden, weight, targets, objective, chunk_size):
     hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    loss, log_probs, entropy = chunked_objective_loss(hidden, weight, targets, objective, chunk_size, _context(targets))
+    loss, log_probs, entropy, _ = chunked_objective_loss(
+        hidden, weight, targets, objective, chunk_size, _context(targets)
+    )
     (loss * 1.7).backward()  # a non-unit upstream gradient must scale both gradients
     return loss.detach(), log_probs, entropy, hidden.grad / 1.7, weight.grad / 1.7
 
@@ -85,7 +87,7 @@ def test_chunked_loss_without_grad_mode_computes_the_loss_only(context, monkeypa
     hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     monkeypatch.setattr("lit_dft.token_loss._ChunkedObjectiveLoss.forward", _fail_if_called)
     with context():
-        loss, log_probs, entropy = chunked_objective_loss(hidden, weight, targets, DFT(), 8)
+        loss, log_probs, entropy, _ = chunked_objective_loss(hidden, weight, targets, DFT(), 8)
     assert loss.grad_fn is None
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(log_probs, expected_log_probs, rtol=1e-5, atol=1e-5)
@@ -183,3 +185,38 @@ def test_chunked_under_autocast_matches_full_logits_under_autocast():
     for name, a, e, r in zip(names, actual, expected, reference):
         torch.testing.assert_close(a, e.to(a.dtype), rtol=3e-2, atol=3e-2, msg=name)
         torch.testing.assert_close(a, r, rtol=5e-2, atol=3e-2, msg=name)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 8, 37])
+def test_chunked_kl_to_a_reference_matches_naive(chunk_size):
+    from lit_dft.objectives import ASFT
+
+    hidden, weight, targets = _problem()
+    reference_hidden, reference_weight, _ = _problem(seed=1)
+    objective = ASFT(kl_weight=0.2)
+    leaves = [hidden.clone().requires_grad_(), weight.clone().requires_grad_()]
+    naive = naive_objective_loss(
+        leaves[0] @ leaves[1].T, targets, objective, None, reference_hidden @ reference_weight.T
+    )
+    naive.loss.backward()
+    chunked_leaves = [hidden.clone().requires_grad_(), weight.clone().requires_grad_()]
+    chunked = chunked_objective_loss(
+        *chunked_leaves, targets, objective, chunk_size, None, (reference_hidden, reference_weight)
+    )
+    chunked.loss.backward()
+    assert naive.kl_ref.min() > 0.05, "distinct models: the KL term must be there"
+    for a, e in [
+        (chunked.loss, naive.loss),
+        (chunked.kl_ref, naive.kl_ref),
+        *zip((leaf.grad for leaf in chunked_leaves), (leaf.grad for leaf in leaves)),
+    ]:
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the loss-only path (validation) gives the same KL
+        torch.testing.assert_close(
+            chunked_objective_loss(
+                hidden, weight, targets, objective, chunk_size, None, (reference_hidden, reference_weight)
+            ).kl_ref,
+            naive.kl_ref,
+            rtol=1e-5,
+            atol=1e-5,
+        )

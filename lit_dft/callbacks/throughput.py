@@ -15,7 +15,7 @@ from lit_dft.strategies import FSDP2Strategy
 
 class TokenThroughput(Callback):
     """Every ``every_n_steps`` optimiser steps logs ``perf/tokens_per_s``, ``perf/target_tokens_per_s``
-    (summed over ranks) and ``perf/mfu`` (model FLOPs utilisation, 6 FLOPs per parameter per token;
+    (summed over ranks) and ``perf/mfu`` (model FLOPs utilisation, 6 FLOPs per trained parameter per token, 2 per frozen one;
     only on devices whose peak FLOPs Lightning knows, i.e. not on CPUs). The peak is that of the dtype the
     matrix products run in: FSDP2's ``param_dtype`` or the trainer's precision. Time spent in validation
     (and the probe and checkpointing that follow it) does not count.
@@ -35,7 +35,8 @@ class TokenThroughput(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._peak_flops = get_available_flops(pl_module.device, compute_dtype(trainer, pl_module))
-        self._params = sum(p.numel() for p in pl_module.parameters())
+        # 6 FLOPs per trained parameter and token (forward and backward), 2 per frozen one (a reference's forward)
+        self._flops_per_token = sum((6 if p.requires_grad else 2) * p.numel() for p in pl_module.parameters())
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._start is not None and not trainer.sanity_checking:
@@ -66,7 +67,7 @@ class TokenThroughput(Callback):
             seconds = self._clock() - self._start
             metrics = {"perf/tokens_per_s": tokens / seconds, "perf/target_tokens_per_s": targets / seconds}
             if self._peak_flops:
-                metrics["perf/mfu"] = 6 * self._params * tokens / seconds / (self._peak_flops * trainer.world_size)
+                metrics["perf/mfu"] = self._flops_per_token * tokens / seconds / (self._peak_flops * trainer.world_size)
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=trainer.global_step)

@@ -184,15 +184,14 @@ class StatsLogger:
 
 def _joint_figure(joint: Tensor):
     """A heat map of the (p, entropy) counts, log-scaled, the confident-conflict corner outlined."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
+    from matplotlib.patches import Rectangle
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axis = figure.add_subplot()
     extent = (0.0, float(JOINT_ENTROPY_EDGES[-1]), 0.0, 1.0)
     image = axis.imshow(torch.log10(1 + joint.cpu()).numpy(), origin="lower", aspect="auto", extent=extent)
-    axis.add_patch(plt.Rectangle((0, 0), 1.0, 0.1, fill=False, edgecolor="red"))
+    axis.add_patch(Rectangle((0, 0), 1.0, 0.1, fill=False, edgecolor="red"))
     axis.set_xlabel("entropy of the next-token distribution (nats; the last column: above)")
     axis.set_ylabel("target-token probability")
     figure.colorbar(image, label="log10(1 + tokens)")

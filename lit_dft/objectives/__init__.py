@@ -21,13 +21,14 @@ from collections.abc import Callable
 from lit_dft.errors import LitDFTError
 from lit_dft.objectives.base import CONTEXT_FIELDS, ProtectSpecialTokens, TokenContext, TokenObjective, check_needs
 from lit_dft.objectives.distribution import DEFT, EAFT
-from lit_dft.objectives.probability import DFT, SFT, Focal, Prob, ProbPower, ProbThreshold
+from lit_dft.objectives.probability import ASFT, DFT, SFT, Focal, Prob, ProbPower, ProbThreshold
 
 OBJECTIVES: dict[str, Callable[[], TokenObjective]] = {
     "sft": SFT,
     "dft": DFT,
     "eaft": EAFT,
     "deft": DEFT,
+    "asft": ASFT,
     "prob": Prob,
     "prob_power": ProbPower,
     "prob_threshold": ProbThreshold,
@@ -54,6 +55,7 @@ def build_objective(spec: str | TokenObjective) -> TokenObjective:
 
 
 __all__ = [
+    "ASFT",
     "CONTEXT_FIELDS",
     "DEFT",
     "DFT",

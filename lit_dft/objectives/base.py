@@ -52,6 +52,9 @@ class TokenObjective:
 
     needs: frozenset[str] = frozenset()
     """Context fields the objective reads (see :class:`TokenContext`)."""
+    kl_weight: float = 0.0
+    """Weight of a ``KL(p_ref || p_theta)`` term the loss adds at every target position, against a frozen
+    reference model (``model.reference``); 0: no reference model is built."""
 
     def token_loss(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
         raise NotImplementedError
@@ -86,6 +89,7 @@ class ProtectSpecialTokens(TokenObjective):
         self.objective = objective
         self.needs = objective.needs | {"special"}
         self.top_k = getattr(objective, "top_k", None)
+        self.kl_weight = objective.kl_weight
 
     def token_loss(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
         return torch.where(context.special, -target_log_probs, self.objective(target_log_probs, context))

@@ -40,8 +40,8 @@ def test_training_histograms_count_every_target_token_of_the_batch(smoke_run):
     assert _histogram_totals(acc, "train/target_log10_prob_hist") == totals
 
 
-def test_probe_covers_the_probe_set_before_and_during_training(smoke_run):
-    acc = _events(smoke_run[1])
+def test_probe_covers_the_probe_set_before_and_during_training(dft_smoke_run):
+    acc = _events(dft_smoke_run[1])
     totals = _histogram_totals(acc, "probe/target_prob_hist")
     assert sorted(totals) == [0, 10, 20]  # before training, then after each validation
     dm = MathDataModule(preset="champ", tokenizer_name_or_path=TINY_MODEL, limit=40, val_split=8, max_length=384)
