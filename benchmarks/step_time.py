@@ -27,7 +27,7 @@ GOALS = {"asft": 1.5}
 
 
 def main(quick: bool = False) -> str:
-    model_name, steps = (TINY_MODEL, 3) if quick else (EMBEDDED_MODEL, 6)
+    model_name, steps = (TINY_MODEL, 3) if quick else (EMBEDDED_MODEL, 4)
     data = MathDataModule(preset="champ", tokenizer_name_or_path=model_name, limit=4, max_length=256)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.strategies import DeepSpeedStrategy, Strategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -24,7 +24,7 @@ from lit_dft.generation import GenerationArgs, generate, score, special_token_id
 from lit_dft.models import EMBEDDED_MODEL, load_model, load_tokenizer
 from lit_dft.objectives import DFT, ProtectSpecialTokens, TokenObjective, build_objective
 from lit_dft.optim import OptimizerArgs, configure_adamw
-from lit_dft.strategies import full_state_dict
+from lit_dft.strategies import is_sharded
 from lit_dft.token_loss import TokenLoss
 
 _PAPER_DFT = DFT()
@@ -180,7 +180,7 @@ class CausalLMModule(LightningModule):
                     f"Reference {hp.reference!r} has {rows} embedding rows, the model "
                     f"{self.model.get_input_embeddings().num_embeddings}: they must share the tokenizer"
                 )
-        return reference.requires_grad_(False).eval()
+        return reference.requires_grad_(False)  # in eval mode for each of its forwards (TokenLoss), not before
 
     # ---- forward ---------------------------------------------------------------------------------
 
@@ -377,11 +377,12 @@ class CausalLMModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the model's config so ``lit-dft export`` rebuilds it without the original weights; leave out a
-        reference model's weights (rebuilt from its source, recorded here) unless the checkpoint is sharded."""
+        reference model's weights (rebuilt from its source, recorded here), except under FSDP2, whose loader
+        reads the weights strictly before this module sees the checkpoint."""
         checkpoint["hf_config"] = self.model.config.to_dict()
         if self.reference_model is not None:
             checkpoint["reference"] = self._reference_source()
-            if not getattr(self.trainer.strategy, "_save_distributed_checkpoint", False):
+            if not isinstance(self.trainer.strategy, ModelParallelStrategy):
                 state = checkpoint["state_dict"]
                 for key in [k for k in state if k.startswith(_REFERENCE_PREFIX)]:
                     del state[key]
@@ -402,8 +403,12 @@ class CausalLMModule(LightningModule):
                     f"The checkpoint was trained against the reference {checkpoint['reference']}, this run's is "
                     f"{self._reference_source()}: set model.reference to the one it was trained with"
                 )
-            if not any(k.startswith(_REFERENCE_PREFIX) for k in state):
-                state.update({_REFERENCE_PREFIX + k: v for k, v in full_state_dict(self.reference_model).items()})
+            if (
+                state
+                and not is_sharded(self.reference_model)
+                and not any(k.startswith(_REFERENCE_PREFIX) for k in state)
+            ):
+                state.update({_REFERENCE_PREFIX + k: v for k, v in self.reference_model.state_dict().items()})
         saved = checkpoint.get("hf_config", {})
         current = self.model.config
         for key in ("vocab_size", "hidden_size", "num_hidden_layers"):

@@ -73,7 +73,10 @@ def plot_polarization(run_dirs: list[Path], out: Path, names: list[str] | None =
     axis.set_xlabel("target-token probability")
     axis.set_ylabel("% of tokens")
     axis.set_title("Token probability distribution on the probe set")
-    axis.legend()
+    if len(table) > 4:  # many runs: beside the bars, not over the low-probability ones
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        axis.legend()
     figure.tight_layout()
     figure.savefig(out, dpi=120)
     plt.close(figure)

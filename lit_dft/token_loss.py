@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 
 from lit_dft.batch import IGNORE_INDEX, TokenOutputs, TrainingBatch
 from lit_dft.errors import LitDFTError
@@ -133,7 +134,7 @@ def naive_objective_loss(
     if reference_logits is None:
         return TokenTerms(loss, log_probs.detach(), stats["entropy"])
     reference = _at_least_float32(reference_logits.detach()).log_softmax(dim=-1)
-    kl_ref = (reference.exp() * (reference - _at_least_float32(logits).log_softmax(dim=-1))).sum(dim=-1)
+    kl_ref = _xlogy(reference.exp(), reference - _at_least_float32(logits).log_softmax(dim=-1)).sum(dim=-1)
     return TokenTerms(loss + objective.kl_weight * kl_ref.sum(), log_probs.detach(), stats["entropy"], kl_ref.detach())
 
 
@@ -201,6 +202,7 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
                     grad_weight.addmm_(grad_logits.T, h)  # in place: no weight-sized temporary
                 elif grad_weight is not None:
                     grad_weight += grad_logits.T @ h  # a tensor-core product, summed in float32
+                del exp_logits, grad_logits, reference_probs  # before the next chunk's logits exist
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(log_probs, entropy, kl_ref)
@@ -416,6 +418,8 @@ class TokenLoss:
 
             with _eval_mode(self.reference):
                 _forward_with_hook(self.reference, inputs, with_reference)
+            if isinstance(self.reference, FSDPModule):  # no backward will clear its forward-order bookkeeping
+                self.reference.reset_iter_state()
 
         _forward_with_hook(self.model, inputs, loss_from_hidden)
         return results[-1]

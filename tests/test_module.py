@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import lightning.pytorch as L
 import pytest
@@ -358,7 +359,10 @@ def test_asft_reference_is_frozen_outside_the_optimiser_and_anchors_from_zero():
     module.configure_model()
     reference = {n: p.detach().clone() for n, p in module.reference_model.named_parameters()}
     recorder = _KLRecorder()
-    _fit(module, loader(uneven_rows(), 2), max_steps=3, callbacks=[recorder])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(module, loader(uneven_rows(), 2), max_steps=3, callbacks=[recorder])
+    assert not [w for w in caught if "eval mode" in str(w.message)], "the reference is in eval mode only in its forward"
     trained = {id(p) for group in module.trainer.optimizers[0].param_groups for p in group["params"]}
     assert not any(id(p) in trained for p in module.reference_model.parameters())
     assert all(p.grad is None and not p.requires_grad for p in module.reference_model.parameters())
