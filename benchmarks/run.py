@@ -26,6 +26,15 @@ BENCHMARKS = {
 OUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
+def _other_sections() -> list[str]:
+    """The sections of BENCHMARKS.md that other commands write (the GPU check, answer checking): kept as they are."""
+    if not OUT.exists():
+        return []
+    titles = {f"## {title}" for title in BENCHMARKS.values()}
+    sections = ["## " + part for part in OUT.read_text().split("\n## ")[1:]]
+    return [section.rstrip("\n") + "\n" for section in sections if section.splitlines()[0] not in titles]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
@@ -41,6 +50,7 @@ def main() -> None:
         print(f"\n{section}", flush=True)
         (RESULTS / f"{name}.md").write_text(section)
     sections = [(RESULTS / f"{name}.md").read_text() for name in BENCHMARKS if (RESULTS / f"{name}.md").exists()]
+    sections += _other_sections()
     header = (
         "# Benchmarks\n\n"
         "All of them: `python -m benchmarks.run` (one: `--only NAME`; raw results in `benchmarks/results/`).\n"
