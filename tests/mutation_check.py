@@ -124,6 +124,20 @@ MUTATIONS = [
         ("tests/test_batch.py", "tests/data/test_datamodule.py"),
     ),
     Mutation(
+        "the chunked pass leaves out the KL term's gradient",
+        "lit_dft/token_loss.py",
+        "grad_logits.sub_(reference_probs, alpha=kl_weight)",
+        "grad_logits.sub_(reference_probs, alpha=0.0)",
+        ("tests/test_token_loss.py::test_chunked_kl_to_a_reference_matches_naive",),
+    ),
+    Mutation(
+        "the reference model is trained",
+        "lit_dft/module.py",
+        "return reference.requires_grad_(False)",
+        "return reference",
+        ("tests/test_module.py::test_asft_reference_is_frozen_outside_the_optimiser_and_anchors_from_zero",),
+    ),
+    Mutation(
         "padding problems are scored",
         "lit_dft/generation.py",
         "counted = [i for i, keep in enumerate(batch.counted) if keep]",
