@@ -85,6 +85,13 @@ def test_an_objective_needing_unknown_context_is_refused():
     ):
         build_objective(NeedsMoon())
 
+    class NeedsTopK(TokenObjective):
+        needs = frozenset({"topk_entropy"})
+
+    for objective in (NeedsTopK(), ProtectSpecialTokens(NeedsTopK())):  # no top_k, and the wrapper's None
+        with pytest.raises(LitDFTError, match="needs topk_entropy and so a top_k >= 1"):
+            build_objective(objective)
+
 
 @pytest.mark.parametrize(
     "kwargs, message",

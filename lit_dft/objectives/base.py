@@ -76,7 +76,7 @@ def check_needs(objective: TokenObjective) -> TokenObjective:
             f"{type(objective).__name__} needs {', '.join(sorted(unknown))}, which no loss provides; "
             f"the context has: {', '.join(sorted(CONTEXT_FIELDS))}"
         )
-    if "topk_entropy" in objective.needs and not getattr(objective, "top_k", 0) >= 1:
+    if "topk_entropy" in objective.needs and not (getattr(objective, "top_k", None) or 0) >= 1:
         raise LitDFTError(f"{type(objective).__name__} needs topk_entropy and so a top_k >= 1")
     return objective
 
