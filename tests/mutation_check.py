@@ -144,6 +144,48 @@ MUTATIONS = [
         "counted = list(range(len(batch.ids)))",
         ("tests/evaluation/test_pipeline.py::test_two_processes_answer_each_problem_exactly_once",),
     ),
+    Mutation(
+        "micro-batches draw from one running random stream (a resumed run draws other dropout masks)",
+        "lit_dft/module.py",
+        "        torch.manual_seed(_batch_seed(self._run_seed, epoch, batch_idx, self.global_rank))",
+        "        pass",
+        ("tests/test_resume.py::test_resumed_run_matches_uninterrupted_run",),
+    ),
+    Mutation(
+        "LoRA's reference keeps the adapters on",
+        "lit_dft/token_loss.py",
+        "                with adapters_disabled(self.model):\n                    yield",
+        "                yield",
+        ("tests/test_lora.py::test_chunked_loss_gives_the_adapters_the_gradients_of_full_logits",),
+    ),
+    Mutation(
+        "rebuilt frozen weights are not checked against the checkpoint",
+        "lit_dft/checkpoints.py",
+        "    if saved is None:  # a checkpoint that kept every weight",
+        "    if True:",
+        ("tests/test_lora.py::test_a_checkpoint_read_with_other_lora_settings_or_another_base_is_one_line",),
+    ),
+    Mutation(
+        "--ckpt_path last looks only in the new run's folder",
+        "lit_dft/cli.py",
+        '        if path == "last":\n',
+        "        if False:\n",
+        ("tests/test_cli.py::test_sigterm_during_fit_leaves_a_checkpoint_that_resumes_to_the_same_weights",),
+    ),
+    Mutation(
+        "a run resumed in its second epoch serves the first epoch's order",
+        "lit_dft/data/sampler.py",
+        "            self.sampler.set_epoch(epoch)",
+        "            pass",
+        ("tests/test_cli.py::test_sigterm_during_fit_leaves_a_checkpoint_that_resumes_to_the_same_weights",),
+    ),
+    Mutation(
+        "a checkpoint of a GGUF model keeps an enum that weights_only loading refuses",
+        "lit_dft/module.py",
+        'checkpoint["hf_config"] = plain_config(self.model.config)',
+        'checkpoint["hf_config"] = self.model.config.to_dict()',
+        ("tests/test_export.py::test_gguf_model_exports_to_plain_safetensors_live_and_from_a_checkpoint",),
+    ),
 ]
 
 

@@ -107,10 +107,12 @@ def test_every_recipe_prints_with_print_config(config, capsys):
 
 
 def test_every_recipe_keeps_float32_master_weights():
-    """Mixed precision computes in bf16 over float32 weights; a bf16 ``dtype`` would make AdamW update bf16 weights."""
+    """Mixed precision computes in bf16 over float32 weights; a bf16 ``dtype`` would make AdamW update bf16 weights,
+    except under LoRA, where it is the frozen base's and the adapters are float32 (``test_lora``)."""
     for config in sorted((ROOT / "configs").glob("*.yaml")):
         recipe = yaml.safe_load(config.read_text())
-        dtype = recipe.get("model", {}).get("dtype")
+        lora = recipe.get("model", {}).get("lora", {}).get("r", 0) > 0
+        dtype = recipe.get("model", {}).get("dtype") if not lora else None
         trainer = recipe.get("trainer", {})
         precision = str(trainer.get("precision", "32-true"))
         strategy = trainer.get("strategy")
@@ -194,8 +196,10 @@ def test_sigterm_during_fit_leaves_a_checkpoint_that_resumes_to_the_same_weights
     assert _last_line(capsys.readouterr().err) == "lit-dft: stopped by SIGTERM"
     (interrupted,) = tmp_path.rglob("last.ckpt")
     assert torch.load(interrupted, weights_only=True)["global_step"] == 13, "saved at the step it stopped"
-    main([*args, "--ckpt_path=last"])
+    main([*args, "--ckpt_path=last"])  # a new version_N folder: `last` is found in the one before
+    assert f"Resuming from {interrupted}" in capsys.readouterr().out
     (resumed,) = sorted(tmp_path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)[-1:]
+    assert len(_scalars(resumed.parents[1])["train/loss"]) == 20 - 13, "only the steps after the checkpoint ran"
     (uninterrupted,) = full_run.rglob("last.ckpt")
     expected = torch.load(uninterrupted, weights_only=True)
     actual = torch.load(resumed, weights_only=True)
@@ -237,7 +241,7 @@ def test_fit_ending_between_validations_saves_its_final_weights(tmp_path, capsys
     assert checkpoint["global_step"] == 13
     for name, value in cli.model.state_dict().items():
         torch.testing.assert_close(checkpoint["state_dict"][name], value, rtol=0, atol=0, msg=name)
-    assert f"Final weights: {last}" in capsys.readouterr().out
+    assert f"final weights: {last}" in capsys.readouterr().out
 
 
 class InterruptAt(L.Callback):
@@ -314,3 +318,11 @@ def test_every_objective_trains_from_the_command_line(loss, tmp_path):
     scalars = _scalars(run)
     assert len(scalars["train/loss"]) == 3 and all(math.isfinite(v) for v in scalars["train/loss"])
     assert all(0 < v < math.log(49_152) for v in scalars["train/entropy"] + scalars["val/entropy"])
+
+
+@pytest.mark.parametrize("args, problem", [([], "which subcommand?"), (["fitt"], "unknown subcommand 'fitt'")])
+def test_no_or_a_misspelled_subcommand_lists_the_subcommands(args, problem, capsys):
+    code, _, err = _cli(capsys, *args)
+    assert code == 2 and err.startswith(f"lit-dft: {problem}")
+    for name in ("fit", "validate", "test", "predict", "export", "plot-polarization"):
+        assert f"\n  {name} " in err, name

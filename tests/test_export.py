@@ -8,6 +8,8 @@ from lit_dft.cli import main
 from lit_dft.errors import LitDFTError
 from lit_dft.export import export_checkpoint, export_pretrained
 from lit_dft.models import EMBEDDED_MODEL, TINY_MODEL, load_model, load_tokenizer
+from lit_dft.module import CausalLMModule
+from tests.helpers import loader, quiet_trainer, uneven_rows
 
 IDS = torch.tensor([[1, 504, 3458, 314, 216, 33, 30, 33, 47, 2]])
 
@@ -32,12 +34,21 @@ def test_checkpoint_export_round_trip_reproduces_the_logits(dft_smoke_run, tmp_p
     assert (tmp_path / "hf" / "tokenizer_config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
 
 
-def test_gguf_model_exports_to_plain_safetensors(tmp_path):
+def test_gguf_model_exports_to_plain_safetensors_live_and_from_a_checkpoint(tmp_path, capsys):
     model = load_model(EMBEDDED_MODEL)
     out = export_pretrained(model, load_tokenizer(EMBEDDED_MODEL), tmp_path / "smollm2")
     exported = AutoModelForCausalLM.from_pretrained(out)
     assert getattr(exported.config, "quantization_config", None) is None
     torch.testing.assert_close(_logits(exported), _logits(model), rtol=0, atol=0)
+
+    # the demo's path: a checkpoint of the GGUF model (its config once held an enum weights_only could not read)
+    module = CausalLMModule.from_model(model, load_tokenizer(EMBEDDED_MODEL), model_name_or_path=EMBEDDED_MODEL)
+    trainer = quiet_trainer(max_steps=1, logger=False)
+    trainer.fit(module, loader(uneven_rows(2), batch_size=2))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    main(["export", str(tmp_path / "last.ckpt"), str(tmp_path / "from_checkpoint")])
+    from_checkpoint = AutoModelForCausalLM.from_pretrained(tmp_path / "from_checkpoint")
+    torch.testing.assert_close(_logits(from_checkpoint), _logits(module.model), rtol=0, atol=0)
 
 
 def test_unwritable_export_target_is_reported_and_checkpoint_untouched(dft_smoke_run, tmp_path):

@@ -9,19 +9,23 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from lit_dft.export import plain_model
 from lit_dft.strategies import decoder_layer_classes, shard_decoder, top_level_models
 from tests.conftest import micro_llama
-from tests.helpers import MicroModule
+from tests.helpers import MICRO_LORA, MicroModule
 from tests.test_module import _step_delta
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("loss", ["dft", "asft"])  # asft: a frozen reference, sharded too, run inside the forward
-def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path, loss):
+# asft: a frozen reference, sharded too, run inside the forward; with LoRA, the base with its adapters off
+@pytest.mark.parametrize(
+    "loss, lora", [("dft", False), ("asft", False), ("asft", True)], ids=["dft", "asft", "asft-lora"]
+)
+def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path, loss, lora):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
-        [sys.executable, "-m", "tests.fsdp_worker", str(tmp_path), loss],
+        [sys.executable, "-m", "tests.fsdp_worker", str(tmp_path), loss] + (["lora"] if lora else []),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -31,7 +35,7 @@ def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path,
     assert run.returncode == 0, run.stderr[-3000:]
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)
     two = {n: weights["after"][n] - weights["before"][n] for n in weights["before"]}
-    one = _step_delta(batch_size=8, accumulate=1, loss=loss)  # the same 8 rows in one process, no sharding, full logits
+    one = _step_delta(batch_size=8, accumulate=1, loss=loss, lora=lora)  # the same 8 rows, 1 process, full logits
     assert set(one) <= set(two)  # the full state dict also names the tied head
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-8, msg=name)
@@ -44,8 +48,12 @@ def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path,
     assert checkpoint["hf_config"]["num_hidden_layers"] == 2
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float64).state_dict()
+    after = {name.removeprefix("model."): value for name, value in weights["after"].items()}
+    if lora:  # merged into the base weights (export_pretrained's merge is tested against the live model's logits)
+        assert any(name.endswith("lora_A.default.weight") for name in after)
+        after = plain_model(checkpoint["hf_config"], after, MICRO_LORA).state_dict()
     for name, value in exported.items():  # gathered from the shards by every rank, written by rank 0
-        torch.testing.assert_close(value, weights["after"][f"model.{name}"], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(value, after[name], rtol=0, atol=0, msg=name)
 
 
 def test_decoder_layers_come_from_the_model():

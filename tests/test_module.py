@@ -7,7 +7,7 @@ import torch
 
 from lit_dft.batch import TokenOutputs
 from lit_dft.objectives import OBJECTIVES, ProbPower, ProbThreshold, build_objective
-from tests.helpers import MicroModule, SGDModule, loader, quiet_trainer, uneven_rows
+from tests.helpers import MICRO_LORA, MicroModule, SGDModule, loader, quiet_trainer, randomise_adapters, uneven_rows
 
 
 def _fit(module, data, **trainer_kwargs):
@@ -18,9 +18,11 @@ def _fit(module, data, **trainer_kwargs):
     return before, {n: p.detach().clone() for n, p in module.named_parameters()}
 
 
-def _step_delta(batch_size, accumulate, loss="dft", chunk=0, **trainer_kwargs):
-    module = MicroModule(loss=loss, loss_chunk_size=chunk)
+def _step_delta(batch_size, accumulate, loss="dft", chunk=0, lora=False, **trainer_kwargs):
+    module = MicroModule(loss=loss, loss_chunk_size=chunk, **({"lora": MICRO_LORA} if lora else {}))
     module.configure_model()
+    if lora:
+        randomise_adapters(module.model)
     before, after = _fit(
         module, loader(uneven_rows(), batch_size), accumulate_grad_batches=accumulate, **trainer_kwargs
     )
@@ -165,10 +167,13 @@ def test_chunked_and_naive_paths_train_identically():
         torch.testing.assert_close(chunked[name], naive[name], rtol=0, atol=1e-10, msg=name)
 
 
-@pytest.mark.parametrize("loss", ["dft", "eaft"])  # eaft: an objective with context from the distribution
-def test_two_process_ddp_matches_one_process_on_the_same_global_batch(loss):
-    one = _step_delta(batch_size=8, accumulate=1, loss=loss)
-    two = _step_delta(batch_size=2, accumulate=2, loss=loss, strategy="ddp_spawn", devices=2)
+# eaft: an objective with context from the distribution; asft with LoRA: the base, adapters off, as the reference
+@pytest.mark.parametrize(
+    "loss, lora", [("dft", False), ("eaft", False), ("asft", True)], ids=["dft", "eaft", "asft-lora"]
+)
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(loss, lora):
+    one = _step_delta(batch_size=8, accumulate=1, loss=loss, lora=lora)
+    two = _step_delta(batch_size=2, accumulate=2, loss=loss, lora=lora, strategy="ddp_spawn", devices=2)
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-8, msg=name)
 

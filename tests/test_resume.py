@@ -4,10 +4,12 @@ import subprocess
 import sys
 
 import lightning.pytorch as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_dft.data import MathDataModule
+from lit_dft.lora import LoraArgs
 from lit_dft.models import TINY_MODEL
 from lit_dft.module import CausalLMModule
 from lit_dft.optim import OptimizerArgs
@@ -29,9 +31,9 @@ class Recorder(L.Callback):
             trainer.should_stop = True
 
 
-def _fit(root, recorder, ckpt_path=None):
+def _fit(root, recorder, ckpt_path=None, lora=LoraArgs(), validate=False):
     L.seed_everything(42)
-    module = CausalLMModule(TINY_MODEL, loss="dft", optimizer=OptimizerArgs(learning_rate=3e-3))
+    module = CausalLMModule(TINY_MODEL, loss="dft", optimizer=OptimizerArgs(learning_rate=3e-3), lora=lora)
     data = MathDataModule(
         tokenizer_name_or_path=TINY_MODEL, limit=40, val_split=8, max_length=256, group_by_length=True
     )
@@ -42,19 +44,26 @@ def _fit(root, recorder, ckpt_path=None):
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[ModelCheckpoint(dirpath=root, every_n_train_steps=STOP_AT, save_top_k=-1), recorder],
-        limit_val_batches=0,
+        limit_val_batches=1 if validate else 0,  # validation draws from torch's random state, between two batches
+        val_check_interval=STOP_AT,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, data, ckpt_path=ckpt_path)
     return module
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path):
+# LoRA's dropout (0.05) draws random numbers: the resumed run must draw the uninterrupted run's, validation or not
+@pytest.mark.parametrize("lora, validate", [(LoraArgs(), False), (LoraArgs(r=4), True)], ids=["full", "lora"])
+def test_resumed_run_matches_uninterrupted_run(tmp_path, lora, validate):
     straight = Recorder()
-    reference = _fit(tmp_path / "straight", straight)
-    _fit(tmp_path / "interrupted", Recorder(stop_at=STOP_AT))
+    reference = _fit(tmp_path / "straight", straight, lora=lora, validate=validate)
+    _fit(tmp_path / "interrupted", Recorder(stop_at=STOP_AT), lora=lora, validate=validate)
     (checkpoint,) = (tmp_path / "interrupted").glob(f"*step={STOP_AT}.ckpt")
+    if lora.enabled:  # the adapters alone: the frozen base is rebuilt from its source
+        saved = torch.load(checkpoint, weights_only=True)["state_dict"]
+        assert saved and all("lora_" in name for name in saved)
     resumed_recorder = Recorder()
-    resumed = _fit(tmp_path / "resumed", resumed_recorder, ckpt_path=str(checkpoint))
+    resumed = _fit(tmp_path / "resumed", resumed_recorder, ckpt_path=str(checkpoint), lora=lora, validate=validate)
     assert sorted(resumed_recorder.losses) == list(range(STOP_AT + 1, STEPS + 1))
     for step, loss in resumed_recorder.losses.items():
         assert loss == straight.losses[step], f"step {step}: same batch, same weights, same loss"

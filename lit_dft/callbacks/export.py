@@ -10,7 +10,8 @@ from lit_dft.strategies import full_state_dict
 
 
 class ExportOnFitEnd(Callback):
-    """Writes model and tokenizer to ``dirpath`` (loadable with ``from_pretrained``) after training.
+    """Writes model and tokenizer to ``dirpath`` (loadable with ``from_pretrained``) after training; a LoRA model
+    with its adapters merged into the weights.
 
     Args:
         dirpath: output folder; checked for writability when training starts, not after hours of it.
@@ -26,5 +27,5 @@ class ExportOnFitEnd(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         weights = full_state_dict(pl_module.model)  # every rank: gathering FSDP shards is a collective
         if trainer.is_global_zero:
-            out = export_pretrained(pl_module.model, pl_module.tokenizer, self.dirpath, weights)
+            out = export_pretrained(pl_module.model, pl_module.tokenizer, self.dirpath, weights, pl_module.lora)
             rank_zero_info(f"Exported the model to {out}")

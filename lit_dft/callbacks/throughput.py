@@ -10,12 +10,12 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lit_dft.batch import TokenOutputs, TrainingBatch
-from lit_dft.strategies import FSDP2Strategy
+from lit_dft.strategies import FSDP2Strategy, top_level_models
 
 
 class TokenThroughput(Callback):
     """Every ``every_n_steps`` optimiser steps logs ``perf/tokens_per_s``, ``perf/target_tokens_per_s``
-    (summed over ranks) and ``perf/mfu`` (model FLOPs utilisation, 6 FLOPs per trained parameter per token, 2 per frozen one;
+    (summed over ranks) and ``perf/mfu`` (model FLOPs utilisation, with :func:`flops_per_token`;
     only on devices whose peak FLOPs Lightning knows, i.e. not on CPUs). The peak is that of the dtype the
     matrix products run in: FSDP2's ``param_dtype`` or the trainer's precision. Time spent in validation
     (and the probe and checkpointing that follow it) does not count.
@@ -35,8 +35,7 @@ class TokenThroughput(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._peak_flops = get_available_flops(pl_module.device, compute_dtype(trainer, pl_module))
-        # 6 FLOPs per trained parameter and token (forward and backward), 2 per frozen one (a reference's forward)
-        self._flops_per_token = sum((6 if p.requires_grad else 2) * p.numel() for p in pl_module.parameters())
+        self.flops_per_token = sum(flops_per_token(model) for model in top_level_models(pl_module))
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._start is not None and not trainer.sanity_checking:
@@ -67,7 +66,7 @@ class TokenThroughput(Callback):
             seconds = self._clock() - self._start
             metrics = {"perf/tokens_per_s": tokens / seconds, "perf/target_tokens_per_s": targets / seconds}
             if self._peak_flops:
-                metrics["perf/mfu"] = self._flops_per_token * tokens / seconds / (self._peak_flops * trainer.world_size)
+                metrics["perf/mfu"] = self.flops_per_token * tokens / seconds / (self._peak_flops * trainer.world_size)
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=trainer.global_step)
@@ -84,3 +83,10 @@ def compute_dtype(trainer: Trainer, pl_module: LightningModule) -> torch.dtype:
     if str(trainer.precision).startswith("16"):
         return torch.float16
     return next(pl_module.parameters()).dtype
+
+
+def flops_per_token(model: torch.nn.Module) -> int:
+    """6 FLOPs per trained parameter (forward, input and weight gradients), 4 per frozen parameter of a model that
+    trains (a LoRA model's base: forward and input gradient), 2 per parameter of a frozen model (a reference)."""
+    trains = any(p.requires_grad for p in model.parameters())
+    return sum((6 if p.requires_grad else 4 if trains else 2) * p.numel() for p in model.parameters())

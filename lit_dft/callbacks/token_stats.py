@@ -143,6 +143,13 @@ def prob_bin_tag(prefix: str, label: str = "") -> str:
     return f"{prefix}/prob_bin/{label}"
 
 
+def category_tag(prefix: str, category: str) -> str:
+    """The start of a category's tags: a TensorBoard section of their own (``vocab_category/probe/number/...``),
+    which TensorBoard lists after the headline sections (``probe/``, ``train/``), whose histograms then open the
+    HISTOGRAMS tab (the first two sections are the ones it expands)."""
+    return f"vocab_category/{prefix}/{category}/"
+
+
 class StatsLogger:
     """Writes counts as TensorBoard histograms and scalars; warns once when no TensorBoard logger is set."""
 
@@ -159,21 +166,22 @@ class StatsLogger:
             rank_zero_warn("Token-probability histograms need a TensorBoardLogger; logging only the bin fractions.")
             self._warned = True
         scalars: dict[str, float] = {}
-        rows = {"": counts.sum(0)} | {f"category/{name}/": counts[i] for i, name in enumerate(stats.categories)}
+        rows = {"": counts.sum(0)} | {category_tag(prefix, name): counts[i] for i, name in enumerate(stats.categories)}
         for name, row in rows.items():
             prob_hist, log_hist, paper, prob_sum = stats.split(row)
             total = float(prob_hist.sum())
             if total == 0:
                 continue
-            scalars[f"{prefix}/{name}mean_prob"] = float(prob_sum) / total
-            scalars[f"{prefix}/{name}tokens"] = total
+            start = name or f"{prefix}/"
+            scalars[f"{start}mean_prob"] = float(prob_sum) / total
+            scalars[f"{start}tokens"] = total
             if name == "":
                 scalars.update(
                     {prob_bin_tag(prefix, label): float(c) / total for label, c in zip(paper_bin_labels(), paper)}
                 )
             for tensorboard in tensorboards:
-                _add_histogram(tensorboard, f"{prefix}/{name}target_prob_hist", prob_hist, PROB_EDGES, step)
-                _add_histogram(tensorboard, f"{prefix}/{name}target_log10_prob_hist", log_hist, LOG10_EDGES, step)
+                _add_histogram(tensorboard, f"{start}target_prob_hist", prob_hist, PROB_EDGES, step)
+                _add_histogram(tensorboard, f"{start}target_log10_prob_hist", log_hist, LOG10_EDGES, step)
         if joint.sum() > 0:
             scalars[f"{prefix}/confident_conflicts"] = float(joint[CONFLICT_BINS].sum() / joint.sum())
             for tensorboard in tensorboards:

@@ -11,12 +11,11 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lit_dft.data.collate import PadCollator, PromptCollator
 from lit_dft.data.formatting import BOXED_INSTRUCTION, PromptFormatter, PromptStyle
 from lit_dft.data.presets import Preset, read_row, required_columns, resolve_preset
-from lit_dft.data.sampler import CountedRows, EpochShuffleSampler, PaddedShards
+from lit_dft.data.sampler import CountedRows, EpochResumingLoader, EpochShuffleSampler, PaddedShards
 from lit_dft.data.sources import load_local, load_rows
 from lit_dft.errors import LitDFTError
 from lit_dft.evaluation.answers import gsm8k_to_boxed
@@ -275,12 +274,12 @@ class MathDataModule(LightningDataModule):
         shards = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
         return (shards["num_replicas"], shards["rank"]) if shards else (1, 0)
 
-    def train_dataloader(self) -> StatefulDataLoader:
+    def train_dataloader(self) -> EpochResumingLoader:
         """Stateful, so a checkpoint taken mid-epoch resumes at the next batch of the same order."""
         lengths = [len(ids) for ids in self.train_set["input_ids"]] if self.group_by_length else None
         sampler = EpochShuffleSampler(len(self.train_set), self.seed, lengths, self.batch_size)
         train_set = self.train_set.select_columns(_MODEL_COLUMNS)
-        return self._loader(train_set, self.batch_size, sampler, loader_class=StatefulDataLoader)
+        return self._loader(train_set, self.batch_size, sampler, loader_class=EpochResumingLoader)
 
     def probe_dataloader(
         self, num_examples: int, source: Literal["train", "val"] = "train", seed: int = 0, batch_size: int = 8

@@ -1,15 +1,18 @@
 """The training order: a seeded shuffle that depends only on (seed, epoch), optionally grouped by length.
 
 Because the order is a function of the epoch (which Lightning sets through ``set_epoch``, also through
-its distributed wrapper), a run resumed mid-epoch replays exactly the order the interrupted run had.
+its distributed wrapper, and :class:`EpochResumingLoader` restores from a checkpoint), a run resumed
+mid-epoch replays exactly the order the interrupted run had.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -43,6 +46,24 @@ class EpochShuffleSampler(Sampler[int]):
             return
         for start in range(0, len(order), self.mega_batch):
             yield from sorted(order[start : start + self.mega_batch], key=lambda i: -self.lengths[i])
+
+
+class EpochResumingLoader(StatefulDataLoader):
+    """torchdata's ``StatefulDataLoader``, whose state also holds its sampler's epoch.
+
+    Loading a state re-creates the sampler's order and skips the batches already served, before Lightning
+    sets the epoch for the resumed run: without the epoch a run resumed in its second epoch or later would
+    serve the rest of the first epoch's order."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"epoch": getattr(self.sampler, "epoch", None)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        epoch = state_dict.pop("epoch", None)
+        if epoch is not None and callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)  # our sampler, or Lightning's distributed wrapper, which passes it on
+        super().load_state_dict(state_dict)
 
 
 class PaddedShards(DistributedSampler):

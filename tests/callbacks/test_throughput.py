@@ -4,9 +4,9 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from lit_dft.callbacks import TokenThroughput
-from lit_dft.callbacks.throughput import compute_dtype
-from lit_dft.strategies import FSDP2Strategy
-from tests.helpers import MicroModule, SGDModule, loader, quiet_trainer, uneven_rows
+from lit_dft.callbacks.throughput import compute_dtype, flops_per_token
+from lit_dft.strategies import FSDP2Strategy, top_level_models
+from tests.helpers import MICRO_LORA, MicroModule, SGDModule, loader, quiet_trainer, uneven_rows
 
 
 class _Clock:
@@ -71,3 +71,14 @@ def test_mfu_peak_is_that_of_the_compute_dtype():
     assert compute_dtype(SimpleNamespace(strategy=None, precision="bf16-mixed"), module) == torch.bfloat16
     assert compute_dtype(SimpleNamespace(strategy=None, precision="16-mixed"), module) == torch.float16
     assert compute_dtype(SimpleNamespace(strategy=FSDP2Strategy(), precision="32-true"), module) == torch.float32
+
+
+def test_flops_per_token_count_trained_frozen_and_reference_weights():
+    full = MicroModule(loss="asft")
+    full.configure_model()  # a trained model and a frozen reference copy of it
+    n = sum(p.numel() for p in full.model.parameters())
+    assert sum(flops_per_token(m) for m in top_level_models(full)) == 6 * n + 2 * n
+    lora = MicroModule(loss="asft", lora=MICRO_LORA)
+    lora.configure_model()  # the reference is the base itself; gradients flow through the frozen base
+    adapters = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert 0 < adapters < n and sum(flops_per_token(m) for m in top_level_models(lora)) == 6 * adapters + 4 * n

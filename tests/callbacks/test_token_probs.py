@@ -6,7 +6,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_dft.callbacks import ProbeTokenProbabilities, TokenCategories, TokenProbabilityHistogram
-from lit_dft.callbacks.token_stats import ProbabilityCounts, paper_bin_labels
+from lit_dft.callbacks.token_stats import ProbabilityCounts, category_tag, paper_bin_labels
 from lit_dft.cli import main
 from lit_dft.data import MathDataModule
 from lit_dft.errors import LitDFTError
@@ -56,7 +56,7 @@ def test_probe_covers_the_probe_set_before_and_during_training(dft_smoke_run):
         fractions = [_scalar(acc, f"probe/prob_bin/{label}")[step] for label in paper_bin_labels()]
         assert sum(fractions) == pytest.approx(1.0)
         category_tokens = sum(
-            _scalar(acc, f"probe/category/{name}/tokens").get(step, 0) for name in TokenCategories().names
+            _scalar(acc, f"{category_tag('probe', name)}tokens").get(step, 0) for name in TokenCategories().names
         )
         assert category_tokens == expected  # the categories partition the tokens
 
