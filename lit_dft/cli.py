@@ -50,7 +50,8 @@ class LitDFTCLI(LightningCLI):
         TensorBoard's layout (``TensorBoardLayout``)."""
         fit = self.subcommand == "fit"
         # read before the Trainer adds its default callbacks to this very list
-        configured = list(self.config_init[self.subcommand]["trainer"].get("callbacks") or [])
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init  # run=False: no subcommand
+        configured = list(config["trainer"].get("callbacks") or [])
         trainer = super().instantiate_trainer(**kwargs)
         if fit and not any(isinstance(c, LightningModelCheckpoint) for c in configured):
             trainer.callbacks = [

@@ -38,3 +38,21 @@ def test_a_step_bounded_run_shows_steps_and_no_version(bar_class):
         assert "/" not in bar._get_train_description(0), "no 'Epoch 0/-2'"
     seen, _ = _metrics_at_each_batch(bar_class, max_epochs=1)
     assert seen and all("step" not in m for m in seen), "an epoch-bounded run keeps Lightning's epoch count"
+
+
+def test_the_cli_replaces_lightnings_default_bar_and_keeps_one_you_configured():
+    """Through ``LitDFTCLI(run=False)``, which has no subcommand (``fit`` goes through the same code)."""
+    from lit_dft.cli import LitDFTCLI
+    from lit_dft.data import MathDataModule
+    from lit_dft.module import CausalLMModule
+    from tests.conftest import SMOKE
+
+    def trainer(*extra):
+        args = ["--config", SMOKE, "--trainer.enable_progress_bar=true", *extra]
+        return LitDFTCLI(CausalLMModule, MathDataModule, args=args, run=False).trainer
+
+    assert isinstance(trainer().progress_bar_callback, (StepRichProgressBar, StepTQDMProgressBar))
+    bar = trainer(
+        "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar", "--trainer.callbacks.refresh_rate=7"
+    )
+    assert type(bar.progress_bar_callback) is TQDMProgressBar and bar.progress_bar_callback.refresh_rate == 7
