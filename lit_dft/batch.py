@@ -40,6 +40,9 @@ class TrainingBatch(_Movable):
     """``(B, T)`` 1 on real tokens, 0 on padding."""
     labels: Tensor
     """``(B, T)`` the token ids where trained (the response), ``IGNORE_INDEX`` elsewhere."""
+    reference_log_probs: Tensor | None = None
+    """``(B, T)`` float32: a reference model's log-probability of each trained label, at the label's position (0
+    elsewhere), read from the data (``MathDataModule.reference_log_probs_column``); None without that column."""
 
     @property
     def targets(self) -> Tensor:

@@ -34,6 +34,8 @@ _PAPER_DFT = DFT()
 # values (the loss pair), the target probability, the entropy, and KL to the reference for objectives with one.
 _TOKEN_STATS = ("nll", "dft", "target_prob", "entropy", "kl_ref")
 _REFERENCE_PREFIX = "reference_model."
+REFERENCE_FROM_DATA = "data"
+"""``model.reference`` when the reference's log-probabilities come with the data, not from a model."""
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -77,9 +79,10 @@ class CausalLMModule(LightningModule):
             ``None`` keeps the checkpoint's default. Mixed precision is the trainer's ``precision``.
         trust_remote_code: run model code from the hub; off unless you trust the repository.
         gradient_checkpointing: recompute activations in backward to save memory.
-        reference: the frozen reference model of an objective with a KL term (``asft``): ``None`` copies the
-            initial weights; else a name as for ``model_name_or_path`` (same tokenizer). Saved in checkpoints, so a
-            resumed run keeps its reference.
+        reference: the frozen reference of an objective that has one (``asft``, ``iw_sft``): ``None`` copies the
+            initial weights; else a name as for ``model_name_or_path`` (same tokenizer), or ``data``: no reference
+            model, its log-probabilities come with the data (``data.reference_log_probs_column``, for ``iw_sft``,
+            not for a KL term). Saved in checkpoints, so a resumed run keeps its reference.
         loss_chunk_size: target tokens per chunk of the output projection in the chunked loss;
             ``None`` chunks when the vocabulary has >= 32,768 entries, with chunks of about 128 MB of
             float32 logits (512 MB on a GPU); ``0`` always uses full logits.
@@ -116,7 +119,7 @@ class CausalLMModule(LightningModule):
         self.optimizer_args = OptimizerArgs(**optimizer) if isinstance(optimizer, dict) else optimizer
         self.generation = generation = GenerationArgs(**generation) if isinstance(generation, dict) else generation
         self.lora = LoraArgs(**lora) if isinstance(lora, dict) else lora
-        if reference is not None and self.lora.enabled:
+        if reference not in (None, REFERENCE_FROM_DATA) and self.lora.enabled:
             raise LitDFTError(
                 "model.reference cannot be set with LoRA: the reference is the base model with the adapters off"
             )
@@ -144,7 +147,7 @@ class CausalLMModule(LightningModule):
         self.skipped_steps = 0
         self._stat_names = ["loss"] + [n for n in _TOKEN_STATS if n != "kl_ref" or self.objective.kl_weight > 0]
         self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in self._stat_names})
-        self.reference_model: PreTrainedModel | None = None  # frozen, for objectives with a KL term
+        self.reference_model: PreTrainedModel | None = None  # frozen, for objectives with a reference model
         self._run_seed = 0  # the seed training's random numbers derive from (set when fit starts, or resumed)
 
     def setup(self, stage: str) -> None:
@@ -175,9 +178,17 @@ class CausalLMModule(LightningModule):
                     f"Tokenizer of {hp.model_name_or_path!r} has {len(self.tokenizer)} tokens but the model's "
                     f"embedding has only {embeddings} rows: tokenizer and model do not match."
                 )
-        if hp.reference is not None and self.objective.kl_weight == 0:
-            raise LitDFTError(f"model.reference is used by objectives with a KL term (asft), not {self.objective!r}")
-        if self.objective.kl_weight > 0 and self.reference_model is None and not self.lora.enabled:
+        if hp.reference is not None and not self.objective.needs_reference:
+            raise LitDFTError(
+                f"model.reference is used by objectives with a reference (asft, iw_sft), not {self.objective!r}"
+            )
+        if hp.reference == REFERENCE_FROM_DATA and self.objective.kl_weight > 0:
+            raise LitDFTError(
+                f"model.reference: data gives the reference's log-probabilities of the targets only; {self.objective!r}"
+                " has a KL term, which needs its whole distribution: name a reference model or leave it unset"
+            )
+        from_data = hp.reference == REFERENCE_FROM_DATA
+        if self.objective.needs_reference and self.reference_model is None and not (self.lora.enabled or from_data):
             self.reference_model = self._reference()
         if hp.gradient_checkpointing:
             # transformers 5.23 renamed it (the old name now warns); the first argument is the checkpoint's kwargs
@@ -187,7 +198,7 @@ class CausalLMModule(LightningModule):
         if self.lora.enabled and not is_lora(self.model):
             self.model = add_adapters(self.model, self.lora)
         special = special_token_ids(self.model, self.tokenizer)
-        reference = self.model if self.lora.enabled else self.reference_model  # LoRA: the base, adapters off
+        reference = self.model if self.lora.enabled and not from_data else self.reference_model  # LoRA: adapters off
         self.token_loss = TokenLoss(self.model, self.objective, hp.loss_chunk_size, special, reference)
 
     def _reference(self) -> PreTrainedModel:
@@ -412,7 +423,8 @@ class CausalLMModule(LightningModule):
         reference = 0
         if self.reference_model is not None:
             reference = sum(p.numel() for p in self.reference_model.parameters())
-        elif self.objective.kl_weight > 0:  # LoRA: the base model with the adapters off
+        elif self.lora.enabled and self.objective.needs_reference and self.hparams.reference != REFERENCE_FROM_DATA:
+            # LoRA: the base model with the adapters off
             reference = frozen
         return 6 * trained + 4 * frozen + 2 * reference
 
@@ -426,7 +438,7 @@ class CausalLMModule(LightningModule):
         before this module sees the checkpoint."""
         checkpoint["hf_config"] = plain_config(self.model.config)
         checkpoint["run_seed"] = self._run_seed
-        if self.objective.kl_weight > 0:
+        if self.objective.needs_reference:
             checkpoint["reference"] = self._reference_source()
         if not isinstance(self.trainer.strategy, ModelParallelStrategy):
             state = checkpoint["state_dict"]
@@ -450,7 +462,7 @@ class CausalLMModule(LightningModule):
         if self.reference_model is None:
             for key in [k for k in state if k.startswith(_REFERENCE_PREFIX)]:  # a run with a KL term, read without
                 del state[key]
-        if "reference" in checkpoint and self.objective.kl_weight > 0:
+        if "reference" in checkpoint and self.objective.needs_reference:
             if checkpoint["reference"] != self._reference_source():
                 raise LitDFTError(
                     f"The checkpoint was trained against the reference {checkpoint['reference']}, this run's is "

@@ -76,9 +76,11 @@ def plot_polarization(run_dirs: list[Path], out: Path, names: list[str] | None =
         writer.writerows([label, *(f"{100 * table[s][i]:.4f}" for s in table)] for i, label in enumerate(labels))
     figure, axis = plt.subplots(figsize=(10, 4))
     width = 0.8 / len(table)
+    colours = plt.get_cmap("tab10" if len(table) <= 10 else "tab20").colors  # one colour per run
     for k, (series, fractions) in enumerate(table.items()):
         positions = [i + (k - (len(table) - 1) / 2) * width for i in range(len(labels))]
-        axis.bar(positions, [max(100 * f, 1e-3) for f in fractions], width=width, label=series)
+        heights = [max(100 * f, 1e-3) for f in fractions]
+        axis.bar(positions, heights, width=width, label=series, color=colours[k % len(colours)])
     axis.set_yscale("log")
     axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     axis.set_xlabel("target-token probability")

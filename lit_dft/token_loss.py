@@ -15,7 +15,6 @@ import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -26,7 +25,7 @@ from torch.distributed.fsdp import FSDPModule
 from lit_dft.batch import IGNORE_INDEX, TokenOutputs, TrainingBatch
 from lit_dft.errors import LitDFTError
 from lit_dft.lora import adapters_disabled, base_model, decoder
-from lit_dft.objectives import TokenContext, TokenObjective
+from lit_dft.objectives import REFERENCE_FIELDS, TokenContext, TokenObjective
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -37,6 +36,41 @@ def target_log_probs_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
     """``log p_t`` in (at least) float32 via logsumexp: no full softmax or log-softmax copy is kept."""
     target_logits = _at_least_float32(logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
     return target_logits - torch.logsumexp(_at_least_float32(logits), dim=-1)
+
+
+def target_log_probs_chunked(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int | None = None) -> Tensor:
+    """Detached ``log p_t`` from hidden states ``(N, H)`` and a head ``(V, H)``, ``chunk_size`` tokens at a time: the
+    reference's log-probabilities, and the pass an objective that weights whole examples needs before its
+    gradient pass."""
+    chunk_size = chunk_size or default_chunk_size(weight.shape[0], hidden.device.type)
+    log_probs = torch.empty(
+        hidden.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device
+    )
+    matmul = _matmul_dtype(hidden)
+    w = weight.to(matmul)  # once, not once per chunk as autocast would
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, hidden.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            logits = hidden[chunk].to(matmul) @ w.T  # in the gradient pass's dtype
+            log_probs[chunk] = target_log_probs_from_logits(logits, targets[chunk])
+    return log_probs
+
+
+def _sequence_mean(values: Tensor, sequence: Tensor) -> Tensor:
+    """Each value replaced by the mean of the values of its sequence (the same index in ``sequence``)."""
+    counts = torch.bincount(sequence)
+    sums = torch.zeros(counts.shape, dtype=values.dtype, device=values.device).index_add_(0, sequence, values)
+    return (sums / counts)[sequence]
+
+
+def _with_sequence_log_ratio(context: TokenContext, log_probs: Tensor, objective: TokenObjective) -> TokenContext:
+    """The context with ``sequence_log_ratio`` from the detached ``log_probs``, if the objective needs it."""
+    if "sequence_log_ratio" not in objective.needs:
+        return context
+    if context.sequence is None or context.reference_log_probs is None:
+        raise LitDFTError(f"{objective!r} needs sequence_log_ratio: give the context sequence and reference_log_probs")
+    ratio = log_probs - context.reference_log_probs.to(log_probs.dtype)
+    return replace(context, sequence_log_ratio=_sequence_mean(ratio, context.sequence))
 
 
 class TokenTerms(NamedTuple):
@@ -60,6 +94,24 @@ def _xlogy(x: Tensor, y: Tensor) -> Tensor:
     return torch.where(x > 0, x * y, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+_TOP_BLOCK = 64  # vocabulary entries per block when searching the top K of a row
+
+
+def _top_values(rows: Tensor, k: int) -> Tensor:
+    """The ``k`` largest values of every row, as ``rows.topk(k).values``, about twice as fast on a CPU for a large
+    vocabulary (other devices use ``topk``): the k largest values lie in the k blocks of ``_TOP_BLOCK`` entries with the largest maxima, so
+    one pass of block maxima narrows the search to ``k * _TOP_BLOCK`` entries a row."""
+    n, width = rows.shape
+    blocks = width // _TOP_BLOCK
+    if blocks <= 2 * k or rows.device.type != "cpu":  # measured on CPUs only
+        return rows.topk(k, dim=1).values
+    tiled = rows[:, : blocks * _TOP_BLOCK].view(n, blocks, _TOP_BLOCK)
+    chosen = tiled.amax(dim=2).topk(k, dim=1).indices
+    candidates = tiled.gather(1, chosen.unsqueeze(2).expand(n, k, _TOP_BLOCK)).view(n, k * _TOP_BLOCK)
+    candidates = torch.cat([candidates, rows[:, blocks * _TOP_BLOCK :]], dim=1)  # the last, partial block
+    return candidates.topk(k, dim=1).values
+
+
 def _row_statistics(shifted: Tensor, objective: TokenObjective, reference_logits: Tensor | None) -> dict[str, Tensor]:
     """Entropy, the declared statistics and, with reference logits, ``KL(p_ref || p)`` of every row of ``shifted``
     (logits minus their row maximum), a block of rows at a time so that no second chunk-sized buffer is made;
@@ -70,7 +122,7 @@ def _row_statistics(shifted: Tensor, objective: TokenObjective, reference_logits
     if reference_logits is not None:
         stats["kl_ref"] = torch.empty_like(stats["entropy"])
     if "topk_entropy" in objective.needs:
-        top = shifted.topk(objective.top_k, dim=1).values.log_softmax(dim=1)
+        top = _top_values(shifted, objective.top_k).log_softmax(dim=1)
         stats["topk_entropy"] = -_xlogy(top.exp(), top).sum(dim=1)
     block = max(1, _BLOCK_ELEMENTS // max(1, shifted.shape[1]))
     for start in range(0, shifted.shape[0], block):
@@ -127,11 +179,13 @@ def naive_objective_loss(
     reference_logits: Tensor | None = None,
 ) -> TokenTerms:
     """The loss terms from logits ``(N, V)`` of the N target tokens (and the reference model's, for an objective
-    with a KL term); ``context`` holds the target-side fields (``special``, ``sequence``) the objective needs."""
+    with a KL term); ``context`` holds the target-side fields (``special``, ``sequence``,
+    ``reference_log_probs``) the objective needs."""
     log_probs = target_log_probs_from_logits(logits, targets)
+    context = _with_sequence_log_ratio(context or TokenContext(), log_probs.detach(), objective)
     with torch.no_grad(), torch.autocast(logits.device.type, enabled=False):
         stats = _chunked_statistics(logits.detach(), objective)
-    loss = objective(log_probs, _objective_context(context or TokenContext(), stats)).sum()
+    loss = objective(log_probs, _objective_context(context, stats)).sum()
     if reference_logits is None:
         return TokenTerms(loss, log_probs.detach(), stats["entropy"])
     reference = _at_least_float32(reference_logits.detach()).log_softmax(dim=-1)
@@ -240,11 +294,14 @@ def _chunked_loss_only(
     loss_sum = torch.zeros((), dtype=compute, device=hidden.device)
     log_probs, entropy = (torch.empty(hidden.shape[0], dtype=compute, device=hidden.device) for _ in range(2))
     kl_ref = torch.empty(hidden.shape[0], dtype=compute, device=hidden.device) if reference else None
+    matmul = _matmul_dtype(hidden)  # autocast's dtype under mixed precision, as the model's own head
+    w = weight.to(matmul)  # once, not once per chunk as autocast would
+    w_ref = reference[1].to(matmul) if reference else None
     for start in range(0, hidden.shape[0], chunk_size):
         chunk = slice(start, start + chunk_size)
-        logits = hidden[chunk] @ weight.T  # in autocast's dtype under mixed precision, as the model's own head
-        reference_logits = reference[0][chunk] @ reference[1].T if reference else None
         with torch.autocast(hidden.device.type, enabled=False):
+            logits = hidden[chunk].to(matmul) @ w.T
+            reference_logits = reference[0][chunk].to(matmul) @ w_ref.T if reference else None
             if reference_logits is not None:
                 reference_logits = _at_least_float32(reference_logits)
             log_probs[chunk], stats, _, _ = _distribution_terms(
@@ -272,7 +329,8 @@ def chunked_objective_loss(
 
     Requires an elementwise objective (every :class:`TokenObjective` is, given its detached context) and a
     head without bias, scaling or soft-capping. ``context`` holds the target-side fields (``special``,
-    ``sequence``) the objective needs; the distribution's statistics are computed here, chunk by chunk, and
+    ``sequence``, ``reference_log_probs``) the objective needs; the distribution's statistics are computed
+    here, chunk by chunk (``sequence_log_ratio`` in a no-grad pass over all tokens first), and
     so is the KL term from the reference model's hidden states and head (``reference``) for an objective with
     a ``kl_weight``. ``chunk_size`` defaults to :func:`default_chunk_size`. Without grad mode, or when neither
     input requires a gradient, no gradient is computed.
@@ -281,6 +339,9 @@ def chunked_objective_loss(
     if chunk_size < 1:
         raise LitDFTError(f"loss_chunk_size must be >= 1 (or 0 for full logits), got {chunk_size}")
     context = context or TokenContext()
+    if "sequence_log_ratio" in objective.needs:
+        log_probs = target_log_probs_chunked(hidden.detach(), weight.detach(), targets, chunk_size)
+        context = _with_sequence_log_ratio(context, log_probs, objective)
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         return _chunked_loss_only(hidden, weight, targets, objective, chunk_size, context, reference)
     reference_hidden, reference_weight = reference if reference is not None else (None, None)
@@ -344,8 +405,10 @@ class TokenLoss:
         chunk_size: target tokens per chunk; ``None`` chunks when the vocabulary has >= 32,768 entries
             (chunks of :func:`default_chunk_size`); ``0`` always uses full logits.
         special_ids: the special and template token ids (for objectives that need ``special``).
-        reference: the frozen reference model of an objective with a KL term (``kl_weight > 0``), or ``model``
-            itself when it is a LoRA model: the reference is then its base, with the adapters off.
+        reference: the frozen reference model of an objective that needs one (``needs_reference``), or ``model``
+            itself when it is a LoRA model: the reference is then its base, with the adapters off. ``None`` for
+            an objective that needs only the reference's log-probabilities: the batches then carry them
+            (``TrainingBatch.reference_log_probs``).
     """
 
     def __init__(
@@ -356,15 +419,16 @@ class TokenLoss:
         special_ids: Sequence[int] = (),
         reference: torch.nn.Module | None = None,
     ) -> None:
-        if objective.kl_weight > 0 and reference is None:
+        if objective.kl_weight > 0 and reference is None:  # a KL term needs the reference's whole distribution
             raise LitDFTError(f"{objective!r} has a KL term and so needs a reference model")
         self.model = model
         self.objective = objective
         self.chunk_size = chunk_size
         self.special_ids = torch.tensor(sorted(special_ids), dtype=torch.long)
-        self.reference = reference if objective.kl_weight > 0 else None
+        self.reference = reference if objective.needs_reference else None
         self.shared_reference = self.reference is model
         self.chunked: bool | None = None  # decided on the first call
+        self._warned_unused_reference = False
 
     def __call__(self, batch: TrainingBatch) -> TokenOutputs:
         """The loss sum, every target token's log-probability and next-token entropy (detached, >= float32)."""
@@ -372,7 +436,7 @@ class TokenLoss:
             self.chunked = self._can_chunk(batch.input_ids.device)
         targets = batch.targets
         mask = targets != IGNORE_INDEX
-        context = self._target_context(mask, targets[mask])
+        context = self._target_context(batch, mask)
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
         if self.chunked:
             terms = self._chunked(inputs, mask, targets[mask], context)
@@ -382,6 +446,11 @@ class TokenLoss:
             if self.reference is not None:
                 with torch.no_grad(), self._reference_mode():
                     reference_logits = self.reference(**inputs).logits[:, :-1][mask]
+                if self.objective.needs & REFERENCE_FIELDS:
+                    reference_log_probs = target_log_probs_from_logits(reference_logits, targets[mask])
+                    context = replace(context, reference_log_probs=reference_log_probs)
+                if self.objective.kl_weight == 0:
+                    reference_logits = None
             terms = naive_objective_loss(logits, targets[mask], self.objective, context, reference_logits)
         return TokenOutputs(
             terms.loss,
@@ -402,12 +471,37 @@ class TokenLoss:
             else:
                 yield
 
-    def _target_context(self, mask: Tensor, targets: Tensor) -> TokenContext:
-        """The context fields that come from the targets alone, if the objective needs them."""
-        needs = self.objective.needs
+    def _target_context(self, batch: TrainingBatch, mask: Tensor) -> TokenContext:
+        """The context fields that come from the batch alone, if the objective needs them: whether each target is
+        special, its example, and the data's reference log-probabilities (without a reference model)."""
+        needs, targets = self.objective.needs, batch.targets[mask]
         special = torch.isin(targets, self.special_ids.to(targets.device)) if "special" in needs else None
-        sequence = mask.nonzero()[:, 0] if "sequence" in needs else None
-        return TokenContext(special=special, sequence=sequence)
+        sequence = mask.nonzero()[:, 0] if needs & {"sequence", "sequence_log_ratio"} else None
+        reference_log_probs = None
+        if batch.reference_log_probs is not None and self.reference is not None:
+            remedy = (
+                "unset data.reference_log_probs_column: its KL term needs a reference model"
+                if self.objective.kl_weight > 0
+                else "set model.reference: data to train against the data's, or unset the column"
+            )
+            raise LitDFTError(
+                "The batches carry reference log-probabilities (data.reference_log_probs_column) and "
+                f"{self.objective!r} runs a reference model: {remedy}"
+            )
+        if needs & REFERENCE_FIELDS and self.reference is None:
+            if batch.reference_log_probs is None:
+                raise LitDFTError(
+                    f"{self.objective!r} needs the reference's log-probabilities and model.reference is 'data', "
+                    "but the batches carry none: set data.reference_log_probs_column"
+                )
+            reference_log_probs = batch.reference_log_probs[:, 1:][mask]
+        elif batch.reference_log_probs is not None and not self._warned_unused_reference:
+            self._warned_unused_reference = True
+            rank_zero_warn(
+                f"{self.objective!r} uses no reference log-probabilities, yet data.reference_log_probs_column is set "
+                "(rows without a usable list were still dropped): unset it for this objective."
+            )
+        return TokenContext(special=special, sequence=sequence, reference_log_probs=reference_log_probs)
 
     def _chunked(self, inputs: dict, mask: Tensor, targets: Tensor, context: TokenContext) -> TokenTerms:
         """Computed inside the model's own forward with no position projected by the model: a hook on
@@ -422,20 +516,30 @@ class TokenLoss:
             with torch.no_grad(), self._reference_mode():
                 _forward_with_hook(self.model, inputs, lambda m, a, output: reference_hidden.append(output[0]))
 
+        def loss(hidden: Tensor, weight: Tensor, reference: tuple[Tensor, Tensor] | None) -> TokenTerms:
+            """The loss from the policy's and the reference's final hidden states and heads."""
+            context_here = context
+            if reference is not None and self.objective.needs & REFERENCE_FIELDS:
+                reference_log_probs = target_log_probs_chunked(*reference, targets, self.chunk_size)
+                context_here = replace(context, reference_log_probs=reference_log_probs)
+            kl_reference = reference if self.objective.kl_weight > 0 else None
+            return chunked_objective_loss(
+                hidden, weight, targets, self.objective, self.chunk_size, context_here, kl_reference
+            )
+
         def loss_from_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
             hidden = output[0][:, :-1][mask]
             weight = self.model.get_output_embeddings().weight
-            loss = partial(chunked_objective_loss, hidden, weight, targets, self.objective, self.chunk_size, context)
             if self.reference is None:
-                results.append(loss())
+                results.append(loss(hidden, weight, None))
                 return
             if self.shared_reference:
-                results.append(loss(reference=(reference_hidden[0][:, :-1][mask], weight.detach())))
+                results.append(loss(hidden, weight, (reference_hidden[0][:, :-1][mask], weight.detach())))
                 return
 
             def with_reference(module: torch.nn.Module, args: Any, output: Any) -> None:
                 reference_head = self.reference.get_output_embeddings().weight.detach()
-                results.append(loss(reference=(output[0][:, :-1][mask].detach(), reference_head)))
+                results.append(loss(hidden, weight, (output[0][:, :-1][mask].detach(), reference_head)))
 
             with _eval_mode(self.reference):
                 _forward_with_hook(self.reference, inputs, with_reference)

@@ -186,6 +186,41 @@ MUTATIONS = [
         'checkpoint["hf_config"] = self.model.config.to_dict()',
         ("tests/test_export.py::test_gguf_model_exports_to_plain_safetensors_live_and_from_a_checkpoint",),
     ),
+    Mutation(
+        "iw_sft weights each token by its own ratio, not its example's mean",
+        "lit_dft/token_loss.py",
+        "return replace(context, sequence_log_ratio=_sequence_mean(ratio, context.sequence))",
+        "return replace(context, sequence_log_ratio=ratio)",
+        ("tests/test_objectives.py::test_every_objective_matches_its_paper_formula_in_value_and_logit_gradient",),
+    ),
+    Mutation(
+        "the data's reference log-probs read one position off",
+        "lit_dft/token_loss.py",
+        "reference_log_probs = batch.reference_log_probs[:, 1:][mask]",
+        "reference_log_probs = batch.reference_log_probs[:, :-1][mask]",
+        ("tests/test_token_loss.py::test_iw_sft_against_the_data_s_reference_log_probs_equals_the_reference_model",),
+    ),
+    Mutation(
+        "the chunked loss takes the reference's log-probs from the policy",
+        "lit_dft/token_loss.py",
+        "reference_log_probs = target_log_probs_chunked(*reference, targets, self.chunk_size)",
+        "reference_log_probs = target_log_probs_chunked(hidden, weight, targets, self.chunk_size)",
+        ("tests/test_token_loss.py::test_iw_sft_weights_each_example_by_its_likelihood_ratio_to_the_reference_model",),
+    ),
+    Mutation(
+        "skipped rows leave the reference column untyped",
+        "lit_dft/data/datamodule.py",
+        "if usable else [0.0]",
+        "if usable else []",
+        ("tests/data/test_datamodule.py::test_a_reference_column_unusable_in_its_first_thousand_rows_is_still_read",),
+    ),
+    Mutation(
+        "the top-K search misses the last, partial block",
+        "lit_dft/token_loss.py",
+        "    candidates = torch.cat([candidates, rows[:, blocks * _TOP_BLOCK :]], dim=1)  # the last, partial block\n",
+        "",
+        ("tests/test_token_loss.py::test_top_values_equal_topk_with_ties_and_a_partial_last_block",),
+    ),
 ]
 
 

@@ -320,6 +320,39 @@ def test_every_objective_trains_from_the_command_line(loss, tmp_path):
     assert all(0 < v < math.log(49_152) for v in scalars["train/entropy"] + scalars["val/entropy"])
 
 
+def test_iw_sft_trains_against_reference_log_probs_from_the_data(tmp_path):
+    """``model.reference: data``: no reference model, the data set's column gives the reference log-probs."""
+    import json
+
+    from lit_dft.data import MathDataModule, Preset
+    from lit_dft.models import TINY_MODEL
+
+    data = tmp_path / "sampled.jsonl"
+    rows = [{"question": f"What is {i} + {i}?", "solution": f"{i} + {i} = \\boxed{{{2 * i}}}."} for i in range(12)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    lengths = MathDataModule(preset=Preset(answer=None), path=str(data), tokenizer_name_or_path=TINY_MODEL)
+    lengths.setup("fit")
+    responses = [
+        len(ids) - start for ids, start in zip(lengths.train_set["input_ids"], lengths.train_set["prompt_length"])
+    ]
+    data.write_text("\n".join(json.dumps({**r, "ref": [-11.0] * n}) for r, n in zip(rows, responses)) + "\n")
+    run = tmp_path / "run"
+    preset = "--data.preset={question: question, solution: solution, answer: null}"
+    main(
+        ["fit", "--config", SMOKE, "--model.loss=iw_sft", "--model.reference=data", preset, f"--data.path={data}"]
+        + ["--data.reference_log_probs_column=ref", "--data.val_split=4", "--trainer.max_steps=3"]
+        + ["--trainer.val_check_interval=3", f"--trainer.default_root_dir={run}"]
+    )
+    scalars = _scalars(run)
+    # a random model's log p is about -ln(49,152) = -10.8 > -11: every weight above 1, so the loss is above SFT's
+    assert all(loss > nll for loss, nll in zip(scalars["train/loss"], scalars["train/nll"]))
+    assert len(scalars["train/loss"]) == 3 and all(
+        math.isfinite(v) for v in scalars["train/loss"] + scalars["val/loss"]
+    )
+    checkpoint = torch.load(next(run.rglob("last.ckpt")), weights_only=True)
+    assert checkpoint["reference"] == "data" and not any("reference_model" in k for k in checkpoint["state_dict"])
+
+
 @pytest.mark.parametrize("args, problem", [([], "which subcommand?"), (["fitt"], "unknown subcommand 'fitt'")])
 def test_no_or_a_misspelled_subcommand_lists_the_subcommands(args, problem, capsys):
     code, _, err = _cli(capsys, *args)

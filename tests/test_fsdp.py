@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # asft: a frozen reference, sharded too, run inside the forward; with LoRA, the base with its adapters off
 @pytest.mark.parametrize(
-    "loss, lora", [("dft", False), ("asft", False), ("asft", True)], ids=["dft", "asft", "asft-lora"]
+    "loss, lora",
+    [("dft", False), ("asft", False), ("asft", True), ("iw_sft", True)],
+    ids=["dft", "asft", "asft-lora", "iw_sft-lora"],  # iw_sft: a no-grad pass over the gathered head first
 )
 def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path, loss, lora):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -39,10 +39,11 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return logits.double().log_softmax(dim=-1)
 
 
-@pytest.mark.parametrize("loss", ["dft", "asft"])
+@pytest.mark.parametrize("loss", ["dft", "asft", "iw_sft"])
 def test_chunked_loss_gives_the_adapters_the_gradients_of_full_logits(loss):
     """Chunked (through the peft wrapper's decoder hook) against autograd through an independent full-logits
-    loss written here: DFT, plus for ASFT the KL to the base model, which is the model with its adapters off."""
+    loss written here: DFT, plus for ASFT the KL to the base model, which is the model with its adapters off;
+    iw-SFT's examples weighted by their likelihood ratio to that base."""
     batch = _batch()
     model = _adapted()
     token_loss = TokenLoss(model, build_objective(loss), 7, (), reference=model)
@@ -57,10 +58,16 @@ def test_chunked_loss_gives_the_adapters_the_gradients_of_full_logits(loss):
     log_probs = log_probs[:, :-1][mask]
     target = log_probs.gather(1, targets[mask].unsqueeze(1)).squeeze(1)
     expected = -(target.exp().detach() * target).sum()
+    with torch.no_grad(), adapters_disabled(expected_model):
+        base_logits = expected_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    base = _log_softmax(base_logits)[:, :-1][mask]
+    if loss == "iw_sft":
+        ratio = (target - base.gather(1, targets[mask].unsqueeze(1)).squeeze(1)).detach()
+        rows = mask.nonzero()[:, 0]
+        weights = torch.stack([ratio[rows == row].mean().exp().clamp(max=16) for row in rows])
+        assert float(weights.std()) > 1e-3, "the adapters weight the examples differently"
+        expected = -(weights * target).sum()
     if loss == "asft":
-        with torch.no_grad(), adapters_disabled(expected_model):
-            base_logits = expected_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        base = _log_softmax(base_logits)[:, :-1][mask]
         kl = (base.exp() * (base - log_probs)).sum(dim=1)
         assert float(kl.min()) > 1e-4, "the adapters move the model away from its base"
         torch.testing.assert_close(out.target_kl[mask], kl.detach(), rtol=1e-9, atol=1e-12)

@@ -401,8 +401,18 @@ def _configured(loss: str):
     return module
 
 
-def test_a_reference_without_a_kl_term_is_refused():
+def test_a_reference_for_an_objective_without_one_is_refused():
     from lit_dft.errors import LitDFTError
 
-    with pytest.raises(LitDFTError, match="model.reference is used by objectives with a KL term"):
+    with pytest.raises(LitDFTError, match="model.reference is used by objectives with a reference"):
         MicroModule(loss="dft", reference="tiny").configure_model()
+    with pytest.raises(LitDFTError, match="has a KL term, which needs its whole distribution"):
+        MicroModule(loss="asft", reference="data").configure_model()
+
+
+def test_iw_sft_builds_a_frozen_reference_unless_the_data_gives_its_log_probs():
+    with_model, from_data = _configured("iw_sft"), MicroModule(loss="iw_sft", reference="data")
+    from_data.configure_model()
+    assert with_model.token_loss.reference is with_model.reference_model is not None
+    assert not any(p.requires_grad for p in with_model.reference_model.parameters())
+    assert from_data.reference_model is None and from_data.token_loss.reference is None

@@ -60,7 +60,9 @@ def test_min_weight_clamps_the_weight_from_below():
 
 
 def test_unknown_objective_lists_registered_names():
-    with pytest.raises(LitDFTError, match="Registered objectives: asft, deft, dft, eaft, focal, prob, prob_power"):
+    with pytest.raises(
+        LitDFTError, match="Registered objectives: asft, deft, dft, eaft, focal, iw_sft, prob, prob_power"
+    ):
         build_objective("dtf")
 
 
@@ -105,8 +107,11 @@ def test_dft_rejects_bad_options(kwargs, message):
         DFT(**kwargs)
 
 
-def _paper_formula(name: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Each objective's per-token loss written from its paper, on full float64 logits."""
+def _paper_formula(
+    name: str, logits: torch.Tensor, targets: torch.Tensor, sequence: list[int], reference_log_p: torch.Tensor
+) -> torch.Tensor:
+    """Each objective's per-token loss written from its paper, on full float64 logits (tokens of the examples
+    ``sequence`` names, with the reference's log-probabilities ``reference_log_p``)."""
     log_probs_all = logits.log_softmax(-1)
     log_p = log_probs_all.gather(1, targets[:, None]).squeeze(1)
     p = log_p.exp()
@@ -128,6 +133,13 @@ def _paper_formula(name: str, logits: torch.Tensor, targets: torch.Tensor) -> to
     if name == "deft":  # (1 - p^a) / a, a = sg(sum_v p_v^2)
         a = (log_probs_all.exp() ** 2).sum(-1).detach()
         return (1 - p**a) / a
+    if name == "iw_sft":  # -w_s log p, w_s = sg(clip(exp(mean over the example's tokens of log p - log p_ref), 0, 16))
+        weights = []
+        for s in sequence:
+            tokens = [i for i, other in enumerate(sequence) if other == s]
+            mean = sum(float(log_p[i].detach() - reference_log_p[i]) for i in tokens) / len(tokens)
+            weights.append(min(math.exp(mean), 16.0))
+        return -torch.tensor(weights, dtype=torch.float64) * log_p
     raise AssertionError(f"no paper formula written for {name}")
 
 
@@ -137,9 +149,13 @@ def test_every_objective_matches_its_paper_formula_in_value_and_logit_gradient(n
     logits = (torch.randn(40, 50, generator=g, dtype=torch.float64) * 2.5).requires_grad_()
     targets = torch.randint(0, 50, (40,), generator=g)
     targets[::2] = logits[::2].argmax(-1)  # half the tokens likely: every weighting has tokens to act on
-    expected = _paper_formula(name, logits, targets)
+    sequence = [i // 6 for i in range(40)]  # examples of 6 tokens (the last of 4)
+    reference_log_p = -torch.rand(40, generator=g, dtype=torch.float64) * 3  # weights around 1 ...
+    reference_log_p[:6] = -30.0  # ... and one example clipped at 16
+    expected = _paper_formula(name, logits, targets, sequence, reference_log_p)
     (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
-    loss = naive_objective_loss(logits, targets, build_objective(name), TokenContext()).loss
+    context = TokenContext(sequence=torch.tensor(sequence), reference_log_probs=reference_log_p)
+    loss = naive_objective_loss(logits, targets, build_objective(name), context).loss
     (grad,) = torch.autograd.grad(loss, logits)
     torch.testing.assert_close(loss, expected.sum(), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)

@@ -3,13 +3,14 @@ import torch
 from transformers import LlamaForCausalLM
 
 from lit_dft.batch import IGNORE_INDEX, TrainingBatch
-from lit_dft.objectives import DFT, EAFT, OBJECTIVES, ProtectSpecialTokens, TokenContext, build_objective
+from lit_dft.objectives import DFT, EAFT, IWSFT, OBJECTIVES, ProtectSpecialTokens, TokenContext, build_objective
 from lit_dft.token_loss import TokenLoss, chunked_objective_loss, naive_objective_loss
 from tests.conftest import micro_llama
 
 OBJECTIVE_CASES = [build_objective(name) for name in sorted(OBJECTIVES)] + [
     DFT(alpha=0.5, min_weight=0.1),
     EAFT(top_k=5, alpha=2.0),
+    IWSFT(temperature=2.0, max_weight=4.0),  # one example's weight clipped
     ProtectSpecialTokens(DFT()),
 ]
 
@@ -23,8 +24,12 @@ def _problem(n=37, h=24, v=101, dtype=torch.float32, seed=0):
 
 
 def _context(targets):
-    """The target-side context: every 7th token id counts as special."""
-    return TokenContext(special=targets % 7 == 0, sequence=torch.arange(len(targets)) // 5)
+    """The target-side context: every 7th token id counts as special, examples of 5 tokens, reference
+    log-probabilities that put the examples' importance weights on both sides of 1."""
+    reference_log_probs = -torch.linspace(2.0, 8.0, len(targets)).roll(len(targets) // 3)
+    return TokenContext(
+        special=targets % 7 == 0, sequence=torch.arange(len(targets)) // 5, reference_log_probs=reference_log_probs
+    )
 
 
 def _naive(hidden, weight, targets, objective):
@@ -220,3 +225,74 @@ def test_chunked_kl_to_a_reference_matches_naive(chunk_size):
             rtol=1e-5,
             atol=1e-5,
         )
+
+
+@pytest.mark.parametrize("chunk_size", [0, 5], ids=["full-logits", "chunked"])
+def test_iw_sft_weights_each_example_by_its_likelihood_ratio_to_the_reference_model(chunk_size):
+    """Against an independent computation from both models' full float64 logits, in value and gradient."""
+    model, reference = micro_llama(vocab_size=64), micro_llama(vocab_size=64, seed=1)
+    batch = _batch(model)
+    out = TokenLoss(model, IWSFT(temperature=3.0), chunk_size, reference=reference)(batch)
+    out.loss.backward()
+    got = {name: p.grad.clone() for name, p in model.named_parameters()}
+    assert all(p.grad is None for p in reference.parameters())
+
+    model.zero_grad()
+    log_p = _naive_log_probs(model, batch)  # (2 examples, 8 target tokens)
+    with torch.no_grad():
+        log_ref = _naive_log_probs(reference, batch)
+    weights = torch.exp(3.0 * (log_p.detach() - log_ref).mean(dim=1, keepdim=True)).clamp(max=16.0)
+    assert float(weights.max() - weights.min()) > 1e-3, "the two examples must weigh differently"
+    expected = -(weights * log_p).sum()
+    expected.backward()
+    torch.testing.assert_close(out.loss, expected.detach(), rtol=1e-10, atol=0)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("chunk_size", [0, 5], ids=["full-logits", "chunked"])
+def test_iw_sft_against_the_data_s_reference_log_probs_equals_the_reference_model(chunk_size):
+    """``model.reference: data``: the batch carries the reference model's log-probabilities at the labels."""
+    model, reference = micro_llama(vocab_size=64), micro_llama(vocab_size=64, seed=1)
+    batch = _batch(model)
+    with_model = TokenLoss(model, IWSFT(), chunk_size, reference=reference)(batch)
+    with_model.loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    from_reference = torch.zeros(batch.labels.shape, dtype=torch.float32)
+    from_reference[:, 4:] = _naive_log_probs(reference, batch).detach().float()
+    data_batch = TrainingBatch(batch.input_ids, batch.attention_mask, batch.labels, from_reference)
+    from_data = TokenLoss(model, IWSFT(), chunk_size)(data_batch)
+    from_data.loss.backward()
+    torch.testing.assert_close(from_data.loss, with_model.loss, rtol=1e-6, atol=0)  # float32 data column
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_reference_log_probs_missing_from_the_data_or_given_twice_are_one_line():
+    from lit_dft.errors import LitDFTError
+
+    model = micro_llama(vocab_size=64)
+    batch = _batch(model)
+    with pytest.raises(LitDFTError, match="batches carry none: set data.reference_log_probs_column"):
+        TokenLoss(model, IWSFT(), 0)(batch)
+    both = TrainingBatch(batch.input_ids, batch.attention_mask, batch.labels, torch.zeros(batch.labels.shape))
+    with pytest.raises(LitDFTError, match="set model.reference: data to train against the data's"):
+        TokenLoss(model, IWSFT(), 0, reference=micro_llama(vocab_size=64, seed=1))(both)
+    with pytest.warns(
+        UserWarning, match="uses no reference log-probabilities, yet data.reference_log_probs_column is set"
+    ):
+        TokenLoss(model, DFT(), 0)(both)
+
+
+@pytest.mark.parametrize("width, k", [(64 * 50 + 17, 20), (64 * 50, 20), (64 * 12 + 5, 5), (200, 5)])
+def test_top_values_equal_topk_with_ties_and_a_partial_last_block(width, k):
+    from lit_dft.token_loss import _top_values
+
+    g = torch.Generator().manual_seed(width)
+    rows = torch.randn(9, width, generator=g)
+    rows[0] = rows[0].round()  # many ties
+    rows[1, -3:] = 50.0  # the largest values in the partial last block
+    rows[2, :] = float("-inf")  # a masked vocabulary but for a few entries
+    rows[2, ::97] = torch.randn(len(range(0, width, 97)), generator=g)
+    torch.testing.assert_close(_top_values(rows, k), rows.topk(k, dim=1).values, rtol=0, atol=0)

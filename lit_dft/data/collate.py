@@ -13,7 +13,8 @@ from lit_dft.batch import IGNORE_INDEX, PromptBatch, TrainingBatch
 @dataclass
 class PadCollator:
     """Pads ``input_ids`` right to the longest row (rounded up to ``pad_to_multiple_of``); the labels are the
-    tokens from ``prompt_length`` on, none for a row marked ``counted: False`` (padding that evens out ranks)."""
+    tokens from ``prompt_length`` on, none for a row marked ``counted: False`` (padding that evens out ranks).
+    Rows with ``reference_log_probs`` (one per response token) give them at the labels' positions."""
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
@@ -25,13 +26,17 @@ class PadCollator:
         input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        with_reference = "reference_log_probs" in rows[0]
+        reference = torch.zeros((len(rows), longest), dtype=torch.float32) if with_reference else None
         for i, row in enumerate(rows):
             ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
             input_ids[i, : len(ids)] = ids
             attention_mask[i, : len(ids)] = 1
             if row.get("counted", True):
                 labels[i, row["prompt_length"] : len(ids)] = ids[row["prompt_length"] :]
-        return TrainingBatch(input_ids, attention_mask, labels)
+            if with_reference:
+                reference[i, row["prompt_length"] : len(ids)] = torch.as_tensor(row["reference_log_probs"])
+        return TrainingBatch(input_ids, attention_mask, labels, reference)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,6 +23,8 @@ from lit_dft.evaluation.answers import gsm8k_to_boxed
 from lit_dft.models import EMBEDDED_MODEL, load_tokenizer
 
 _MODEL_COLUMNS = ["input_ids", "prompt_length"]
+_REFERENCE = "reference_log_probs"  # the column the reference log-probabilities are carried in, once read
+_ROUNDING = 1e-4  # a log-probability this far above 0 is another engine's rounding of 0
 _ID_COLUMNS = ("id", "unique_id", "idx", "identifier")
 
 
@@ -49,17 +52,39 @@ def _eval_row(row: dict, index: int, preset: Preset) -> dict:
     return {"id": str(row_id), "question": normalised["question"], "answers": normalised["answers"]}
 
 
+def _read_training_row(row: dict, preset: Preset, reference_column: str | None) -> dict:
+    """A training row normalised (see ``read_row``), with the reference's log-probabilities if there is a column."""
+    normalised = read_row(row, preset)
+    if reference_column is not None:
+        values = row.get(reference_column)
+        usable = isinstance(values, list) and len(values) > 0
+        usable = usable and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v <= _ROUNDING
+            for v in values
+        )
+        # a skipped row keeps a typed placeholder: datasets types the column from the first rows it writes
+        normalised[_REFERENCE] = [min(float(v), 0.0) for v in values] if usable else [0.0]
+        if not usable and not normalised["skip"]:
+            normalised["skip"] = f"{reference_column} not a list of finite log-probabilities (<= 0)"
+    return normalised
+
+
 def _encode_rows(
     batch: dict[str, list], formatter: PromptFormatter, max_length: int, overlong: str, rewrite_gsm8k: bool
 ) -> dict[str, list]:
     """Token ids, prompt length and a status (ok, truncated or why dropped) for a batch of rows."""
     solutions = [gsm8k_to_boxed(s) for s in batch["solution"]] if rewrite_gsm8k else batch["solution"]
     prompts, responses = formatter.encode(batch["question"], solutions)
-    out: dict[str, list] = {"input_ids": [], "prompt_length": [], "status": []}
-    for prompt, response in zip(prompts, responses):
+    references = batch.get(_REFERENCE)
+    out: dict[str, list] = {"input_ids": [], "prompt_length": [], "status": []} | (
+        {_REFERENCE: []} if references else {}
+    )
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
         status = "ok"
         if len(prompt) >= max_length:
             status = "dropped: prompt reaches max_length"
+        elif references and len(references[i]) != len(response):
+            status = "dropped: reference log-probs not one per response token"
         elif len(prompt) + len(response) > max_length:
             status = (
                 "truncated: response cut at max_length"
@@ -69,6 +94,8 @@ def _encode_rows(
         out["input_ids"].append((prompt + response)[:max_length])
         out["prompt_length"].append(len(prompt))
         out["status"].append(status)
+        if references:
+            out[_REFERENCE].append(references[i][: max(0, max_length - len(prompt))])
     return out
 
 
@@ -124,6 +151,10 @@ class MathDataModule(LightningDataModule):
     e.g. [{preset: math500, path: ../shared/data/math500/test.jsonl, limit: 20}]."""
     eval_limit: int | None = None
     """Problems per benchmark for quick runs; overrides each eval set's ``limit`` when smaller."""
+    reference_log_probs_column: str | None = None
+    """Column of training (and validation) rows with a reference model's log-probability of every response token,
+    as lit_dft tokenises the response (end-of-turn and EOS included), e.g. the sampling model's; for ``iw_sft``
+    with ``model.reference: data``. Rows without one finite value <= 0 per token are dropped and counted."""
     validate_benchmarks: bool = False
     """Also generate on the eval sets at every validation during ``fit`` (slow: one generation per problem)."""
     report: dict[str, int] = field(default_factory=dict, init=False, repr=False)
@@ -145,13 +176,17 @@ class MathDataModule(LightningDataModule):
 
     def _normalise(self, raw: datasets.Dataset, source: str) -> datasets.Dataset:
         """Rows in the preset's schema to question/solution/answers; skip and count unusable rows."""
-        missing = [c for c in required_columns(self._preset) if c not in raw.column_names]
+        columns = required_columns(self._preset) + [c for c in [self.reference_log_probs_column] if c is not None]
+        missing = [c for c in columns if c not in raw.column_names]
         if missing:
             raise LitDFTError(
                 f"{source}: missing column(s) {', '.join(missing)}; the columns are: {', '.join(raw.column_names)}"
             )
         rows = raw.map(
-            read_row, fn_kwargs={"preset": self._preset}, remove_columns=raw.column_names, num_proc=self.num_proc
+            _read_training_row,
+            fn_kwargs={"preset": self._preset, "reference_column": self.reference_log_probs_column},
+            remove_columns=raw.column_names,
+            num_proc=self.num_proc,
         )
         self.report["rows"] = self.report.get("rows", 0) + len(rows)
         for reason, count in Counter(rows["skip"]).items():
@@ -257,6 +292,10 @@ class MathDataModule(LightningDataModule):
                 f"{len(usable) - len(problems)} prompts over max_length, {len(problems)} evaluated"
             )
 
+    @property
+    def _model_columns(self) -> list[str]:
+        return _MODEL_COLUMNS + ([_REFERENCE] if self.reference_log_probs_column else [])
+
     def _summary(self) -> str:
         return ", ".join(f"{k}: {v}" for k, v in self.report.items() if k.startswith(("rows", "skipped", "dropped")))
 
@@ -278,7 +317,7 @@ class MathDataModule(LightningDataModule):
         """Stateful, so a checkpoint taken mid-epoch resumes at the next batch of the same order."""
         lengths = [len(ids) for ids in self.train_set["input_ids"]] if self.group_by_length else None
         sampler = EpochShuffleSampler(len(self.train_set), self.seed, lengths, self.batch_size)
-        train_set = self.train_set.select_columns(_MODEL_COLUMNS)
+        train_set = self.train_set.select_columns(self._model_columns)
         return self._loader(train_set, self.batch_size, sampler, loader_class=EpochResumingLoader)
 
     def probe_dataloader(
@@ -290,7 +329,7 @@ class MathDataModule(LightningDataModule):
         if dataset is None or len(dataset) == 0:
             raise LitDFTError(f"The probe needs {source} examples and the data has none (see data.val_split)")
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-        rows = dataset.select_columns(_MODEL_COLUMNS).select(sorted(order[:num_examples].tolist()))
+        rows = dataset.select_columns(self._model_columns).select(sorted(order[:num_examples].tolist()))
         return self._loader(CountedRows(rows), batch_size, PaddedShards(len(rows), *self._ranks()))
 
     def _benchmark_loaders(self) -> list[DataLoader]:
@@ -307,7 +346,7 @@ class MathDataModule(LightningDataModule):
         ]
 
     def val_dataloader(self) -> list[DataLoader]:
-        val_set = self.val_set.select_columns(_MODEL_COLUMNS) if self.val_set is not None else None
+        val_set = self.val_set.select_columns(self._model_columns) if self.val_set is not None else None
         loaders = [self._loader(val_set, self.eval_batch_size or self.batch_size)] if val_set is not None else []
         return loaders + (self._benchmark_loaders() if self.validate_benchmarks else [])
 

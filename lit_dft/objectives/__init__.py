@@ -1,7 +1,7 @@
 """Token objectives: per-token losses from the target tokens' log-probabilities and, where declared, their context.
 
 An objective maps the log-probability ``log p_t`` of each target token (and the per-token context it declares
-in ``needs``: entropy, top-K entropy, the distribution's concentration, whether the token is special) to that
+in ``needs``: entropy, top-K entropy, the distribution's concentration, whether the token is special, the reference's log-probabilities) to that
 token's loss. Everything else (masking, normalisation over the global batch, chunking over the vocabulary)
 is the loss's and the module's job, so a new objective is a few lines: subclass :class:`TokenObjective`,
 implement :meth:`TokenObjective.token_loss`, and name it by class path in YAML::
@@ -19,9 +19,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lit_dft.errors import LitDFTError
-from lit_dft.objectives.base import CONTEXT_FIELDS, ProtectSpecialTokens, TokenContext, TokenObjective, check_needs
+from lit_dft.objectives.base import (
+    CONTEXT_FIELDS,
+    REFERENCE_FIELDS,
+    ProtectSpecialTokens,
+    TokenContext,
+    TokenObjective,
+    check_needs,
+)
 from lit_dft.objectives.distribution import DEFT, EAFT
 from lit_dft.objectives.probability import ASFT, DFT, SFT, Focal, Prob, ProbPower, ProbThreshold
+from lit_dft.objectives.reference import IWSFT
 
 OBJECTIVES: dict[str, Callable[[], TokenObjective]] = {
     "sft": SFT,
@@ -29,6 +37,7 @@ OBJECTIVES: dict[str, Callable[[], TokenObjective]] = {
     "eaft": EAFT,
     "deft": DEFT,
     "asft": ASFT,
+    "iw_sft": IWSFT,
     "prob": Prob,
     "prob_power": ProbPower,
     "prob_threshold": ProbThreshold,
@@ -60,7 +69,9 @@ __all__ = [
     "DEFT",
     "DFT",
     "EAFT",
+    "IWSFT",
     "OBJECTIVES",
+    "REFERENCE_FIELDS",
     "SFT",
     "Focal",
     "Prob",

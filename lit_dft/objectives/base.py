@@ -30,6 +30,13 @@ class TokenContext:
     """Bool: the target is a special or template token (EOS, end of turn, ...)."""
     sequence: Tensor | None = None
     """Index of the example the token belongs to, within the batch."""
+    reference_log_probs: Tensor | None = None
+    """``log p_ref`` of the target token under the reference: the frozen reference model, or the data's column
+    (``model.reference: data``)."""
+    sequence_log_ratio: Tensor | None = None
+    """``mean(log p_t - log p_ref)`` over the target tokens of the token's example: how much more likely the
+    current model finds the example than the reference does, per token (needs ``sequence`` and
+    ``reference_log_probs``, which the loss then also computes)."""
 
     def __getitem__(self, index: slice) -> TokenContext:
         return TokenContext(
@@ -38,6 +45,8 @@ class TokenContext:
 
 
 CONTEXT_FIELDS = frozenset(f.name for f in fields(TokenContext))
+REFERENCE_FIELDS = frozenset({"reference_log_probs", "sequence_log_ratio"})
+"""Context fields that take the reference's log-probabilities."""
 
 
 class TokenObjective:
@@ -55,6 +64,11 @@ class TokenObjective:
     kl_weight: float = 0.0
     """Weight of a ``KL(p_ref || p_theta)`` term the loss adds at every target position, against a frozen
     reference model (``model.reference``); 0: no reference model is built."""
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loss needs a reference: for its KL term or for the reference log-probabilities."""
+        return self.kl_weight > 0 or bool(self.needs & REFERENCE_FIELDS)
 
     def token_loss(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
         raise NotImplementedError

@@ -44,7 +44,7 @@ def test_probe_covers_the_probe_set_before_and_during_training(dft_smoke_run):
     acc = _events(dft_smoke_run[1])
     totals = _histogram_totals(acc, "probe/target_prob_hist")
     assert sorted(totals) == [0, 10, 20]  # before training, then after each validation
-    dm = MathDataModule(preset="champ", tokenizer_name_or_path=TINY_MODEL, limit=40, val_split=8, max_length=384)
+    dm = MathDataModule(preset="champ", tokenizer_name_or_path=TINY_MODEL, limit=40, val_split=8, max_length=192)
     dm.setup("fit")
     indices = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(0))[:16].tolist()
     expected = sum(len(dm.train_set[i]["input_ids"]) - dm.train_set[i]["prompt_length"] for i in indices)

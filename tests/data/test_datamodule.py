@@ -347,3 +347,60 @@ def test_probe_is_the_seeded_sample_measured_once_over_the_ranks(ranks):
         batches.add(len(loader))
         targets += sum(int((batch.targets != -100).sum()) for batch in loader)
     assert targets == expected and len(batches) == 1  # every example once; every rank runs as many forwards
+
+
+def _response_lengths(path, **kwargs) -> list[int]:
+    dm = _module(preset=Preset(answer=None), path=str(path), **kwargs)
+    dm.setup("fit")
+    return [len(ids) - start for ids, start in zip(dm.train_set["input_ids"], dm.train_set["prompt_length"])]
+
+
+def test_reference_log_probs_reach_the_label_positions_and_bad_ones_are_counted(tmp_path):
+    data = tmp_path / "d.jsonl"
+    rows = [{"question": f"What is {i} + {i}?", "solution": f"It is \\boxed{{{2 * i}}}."} for i in range(4)]
+    rows.append({"question": "Count.", "solution": " ".join(["step"] * 300)})  # cut at max_length
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    n = _response_lengths(data)
+    references = [
+        [-0.1 * (k + 1) for k in range(n[0])],  # one per response token
+        [-0.1] * (n[1] - 1),  # one short
+        [0.5] + [-0.1] * (n[2] - 1),  # a probability above 1
+        None,
+        [-0.01 * (k + 1) for k in range(n[4])],
+    ]
+    data.write_text("\n".join(json.dumps({**r, "ref": v}) for r, v in zip(rows, references)) + "\n")
+    dm = _module(preset=Preset(answer=None), path=str(data), reference_log_probs_column="ref", max_length=128)
+    dm.setup("fit")
+    assert dm.report["dropped: reference log-probs not one per response token"] == 1
+    assert dm.report["skipped: ref not a list of finite log-probabilities (<= 0)"] == 2
+    assert dm.report["truncated: response cut at max_length"] == 1 and len(dm.train_set) == 2
+    batch = next(iter(dm.train_dataloader()))
+    trained = batch.labels != -100
+    assert torch.all(batch.reference_log_probs[~trained] == 0)
+    got = sorted((batch.reference_log_probs[i][trained[i]].tolist() for i in range(2)), key=len)
+    assert got[0] == pytest.approx(references[0])
+    assert len(got[1]) == 128 - dm.train_set["prompt_length"][1] and got[1] == pytest.approx(
+        references[4][: len(got[1])]
+    )
+
+
+def test_a_missing_reference_column_is_named(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "q", "solution": "s"}) + "\n")
+    with pytest.raises(LitDFTError, match="missing column.*ref_lp.*the columns are: question, solution"):
+        _module(preset=Preset(answer=None), path=str(data), reference_log_probs_column="ref_lp").setup("fit")
+
+
+def test_a_reference_column_unusable_in_its_first_thousand_rows_is_still_read(tmp_path):
+    """datasets types a column from the first rows it writes: skipped rows must not make it a column of nulls."""
+    data = tmp_path / "d.jsonl"
+    good = {"question": "What is 1 + 1?", "solution": "\\\\boxed{2}"}
+    data.write_text(json.dumps(good) + "\n")
+    (n,) = _response_lengths(data)
+    rows = [{**good, "ref": None}] * 1000 + [{**good, "ref": [float("nan")] * n}, {**good, "ref": [-0.5] * n}]
+    rows.append({**good, "ref": [1e-6] + [-0.5] * (n - 1)})  # another engine's rounding of log 1 is kept, as 0
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    dm = _module(preset=Preset(answer=None), path=str(data), reference_log_probs_column="ref")
+    dm.setup("fit")
+    assert dm.report["skipped: ref not a list of finite log-probabilities (<= 0)"] == 1001
+    assert dm.train_set["reference_log_probs"] == [[-0.5] * n, [0.0] + [-0.5] * (n - 1)]
