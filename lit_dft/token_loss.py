@@ -99,8 +99,8 @@ _TOP_BLOCK = 64  # vocabulary entries per block when searching the top K of a ro
 
 def _top_values(rows: Tensor, k: int) -> Tensor:
     """The ``k`` largest values of every row, as ``rows.topk(k).values``, about twice as fast on a CPU for a large
-    vocabulary (other devices use ``topk``): the k largest values lie in the k blocks of ``_TOP_BLOCK`` entries with the largest maxima, so
-    one pass of block maxima narrows the search to ``k * _TOP_BLOCK`` entries a row."""
+    vocabulary (other devices use ``topk``): the k largest values lie in the k blocks of ``_TOP_BLOCK`` entries
+    with the largest maxima, so one pass of block maxima narrows the search to ``k * _TOP_BLOCK`` entries a row."""
     n, width = rows.shape
     blocks = width // _TOP_BLOCK
     if blocks <= 2 * k or rows.device.type != "cpu":  # measured on CPUs only

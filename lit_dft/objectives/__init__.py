@@ -1,10 +1,10 @@
 """Token objectives: per-token losses from the target tokens' log-probabilities and, where declared, their context.
 
 An objective maps the log-probability ``log p_t`` of each target token (and the per-token context it declares
-in ``needs``: entropy, top-K entropy, the distribution's concentration, whether the token is special, the reference's log-probabilities) to that
-token's loss. Everything else (masking, normalisation over the global batch, chunking over the vocabulary)
-is the loss's and the module's job, so a new objective is a few lines: subclass :class:`TokenObjective`,
-implement :meth:`TokenObjective.token_loss`, and name it by class path in YAML::
+in ``needs``: entropy, top-K entropy, the distribution's concentration, whether the token is special, the
+reference's log-probabilities) to that token's loss. Everything else (masking, normalisation over the global
+batch, chunking over the vocabulary) is the loss's and the module's job, so a new objective is a few lines:
+subclass :class:`TokenObjective`, implement :meth:`TokenObjective.token_loss`, and name it by class path in YAML::
 
     model:
       loss:

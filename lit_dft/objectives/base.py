@@ -63,7 +63,7 @@ class TokenObjective:
     """Context fields the objective reads (see :class:`TokenContext`)."""
     kl_weight: float = 0.0
     """Weight of a ``KL(p_ref || p_theta)`` term the loss adds at every target position, against a frozen
-    reference model (``model.reference``); 0: no reference model is built."""
+    reference model (``model.reference``); 0: no KL term."""
 
     @property
     def needs_reference(self) -> bool:
