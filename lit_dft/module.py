@@ -392,7 +392,7 @@ class CausalLMModule(LightningModule):
         return self._answer(batch)
 
     def _log_benchmarks(self, stage: str) -> None:
-        """``<stage>/<benchmark>/acc`` (mean@k), ``.../pass_at_k`` and the average ``<stage>/acc``."""
+        """``<stage>/<benchmark>/acc`` (mean@k), ``.../acc_stderr``, ``.../pass_at_k`` and the average ``<stage>/acc``."""
         accuracies = []
         for name, metric in self.eval_metrics.items():
             values = metric.compute()

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -84,6 +85,13 @@ def test_metric_reports_mean_and_pass_at_k():
     metric.update(torch.tensor([[True, False, False, False], [False, False, False, False], [True, True, True, True]]))
     values = metric.compute()
     assert values["acc"] == pytest.approx(5 / 12) and values["pass_at_k"] == pytest.approx(2 / 3)
+    scores = [0.25, 0.0, 1.0]  # each problem's mean@4: the standard error of their mean, written out
+    mean = sum(scores) / 3
+    stderr = math.sqrt(sum((s - mean) ** 2 for s in scores) / 2 / 3)
+    assert values["acc_stderr"] == pytest.approx(stderr, rel=1e-6)
+    single = MathAccuracy()
+    single.update(torch.tensor([[True, False]]))
+    assert single.compute()["acc_stderr"] == 0.0  # one problem: no spread to estimate
 
 
 def _ddp_worker(rank: int, world: int, port: int, results) -> None:
@@ -92,14 +100,16 @@ def _ddp_worker(rank: int, world: int, port: int, results) -> None:
     rows = torch.tensor([[True, False], [False, False], [True, True], [False, True], [True, True]])
     metric.update(rows[rank::world])  # each rank sees different problems, unequal counts
     values = metric.compute()
-    results[rank] = (float(values["acc"]), float(values["pass_at_k"]), float(values["problems"]))
+    results[rank] = tuple(float(values[key]) for key in ("acc", "pass_at_k", "problems", "acc_stderr"))
     dist.destroy_process_group()
 
 
 def test_metric_reduces_across_two_processes():
     results = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(2, find_free_network_port(), results), nprocs=2)
-    assert results[0] == results[1] == pytest.approx((6 / 10, 4 / 5, 5.0))
+    scores = [0.5, 0.0, 1.0, 0.5, 1.0]  # the problems' mean@2 over both ranks
+    stderr = math.sqrt(sum((s - 0.6) ** 2 for s in scores) / 4 / 5)
+    assert results[0] == results[1] == pytest.approx((6 / 10, 4 / 5, 5.0, stderr))
 
 
 def test_benchmark_without_gold_answers_is_refused(tmp_path):
@@ -210,3 +220,4 @@ def test_lit_dft_test_logs_each_benchmark_accuracy_and_the_mean(monkeypatch, tmp
     metrics = cli.trainer.callback_metrics
     assert metrics["test/math500/acc"] == 1.0 and metrics["test/gsm8k/acc"] == 0.0
     assert metrics["test/acc"] == pytest.approx(1 / len(BENCHMARKS))
+    assert metrics["test/math500/acc_stderr"] == metrics["test/gsm8k/acc_stderr"] == 0.0  # every problem alike
