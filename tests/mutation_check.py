@@ -215,6 +215,13 @@ MUTATIONS = [
         ("tests/data/test_datamodule.py::test_a_reference_column_unusable_in_its_first_thousand_rows_is_still_read",),
     ),
     Mutation(
+        "the accuracy's standard error uses the population variance",
+        "lit_dft/evaluation/metrics.py",
+        "/ (n - 1).clamp(min=1)",
+        "/ n.clamp(min=1)",
+        ("tests/evaluation/test_pipeline.py::test_metric_reports_mean_and_pass_at_k",),
+    ),
+    Mutation(
         "the top-K search misses the last, partial block",
         "lit_dft/token_loss.py",
         "    candidates = torch.cat([candidates, rows[:, blocks * _TOP_BLOCK :]], dim=1)  # the last, partial block\n",
