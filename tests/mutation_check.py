@@ -217,8 +217,8 @@ MUTATIONS = [
     Mutation(
         "the accuracy's standard error uses the population variance",
         "lit_dft/evaluation/metrics.py",
-        "/ (n - 1).clamp(min=1)",
-        "/ n.clamp(min=1)",
+        "variance = (self.score_squares - self.score_sum**2 / n) / (n - 1)",
+        "variance = (self.score_squares - self.score_sum**2 / n) / n",
         ("tests/evaluation/test_pipeline.py::test_metric_reports_mean_and_pass_at_k",),
     ),
     Mutation(

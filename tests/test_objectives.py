@@ -107,6 +107,20 @@ def test_dft_rejects_bad_options(kwargs, message):
         DFT(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": 0.0}, r"IWSFT temperature must be > 0, got 0.0"),
+        ({"max_weight": 0.5}, r"IWSFT max_weight must be >= 1 \(the weight at the first step\), got 0.5"),
+    ],
+)
+def test_iw_sft_rejects_bad_options(kwargs, message):
+    from lit_dft.objectives import IWSFT
+
+    with pytest.raises(LitDFTError, match=message):
+        IWSFT(**kwargs)
+
+
 def _paper_formula(
     name: str, logits: torch.Tensor, targets: torch.Tensor, sequence: list[int], reference_log_p: torch.Tensor
 ) -> torch.Tensor:

@@ -38,8 +38,10 @@ class MathAccuracy(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         n = self.problems.to(torch.float64)
-        variance = (self.score_squares - self.score_sum**2 / n.clamp(min=1)) / (n - 1).clamp(min=1)
-        stderr = (variance.clamp(min=0) / n.clamp(min=1)).sqrt() if self.problems > 1 else torch.zeros_like(n)
+        stderr = torch.zeros_like(n)
+        if self.problems > 1:
+            variance = (self.score_squares - self.score_sum**2 / n) / (n - 1)
+            stderr = (variance.clamp(min=0) / n).sqrt()  # clamp: rounding can leave a variance of -1e-17
         return {
             "acc": self.correct.float() / self.samples.clamp(min=1),
             "acc_stderr": stderr.float(),
