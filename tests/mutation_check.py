@@ -249,7 +249,7 @@ def _run(mutation: Mutation) -> tuple[bool, float]:
         start = time.perf_counter()
         # run from the copy: its lit_dft comes first on sys.path, before the installed (editable) one
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests],
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "", *mutation.tests],
             cwd=copy,
             capture_output=True,
             text=True,

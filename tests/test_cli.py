@@ -40,6 +40,7 @@ def test_smoke_fit_writes_checkpoint_config_and_loss_pair(smoke_run):
         assert scalars["train/loss"] == pytest.approx(scalars["train/dft"])
 
 
+@pytest.mark.slow
 def test_saved_config_reruns_as_is(dft_smoke_run, tmp_path):
     _, run = dft_smoke_run
     (config,) = run.rglob("config.yaml")
@@ -127,6 +128,7 @@ def _last_line(captured: str) -> str:
     return captured.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_every_subcommand_runs_on_the_chunked_path(tmp_path_factory, tmp_path, monkeypatch, capsys):
     """fit (the smoke run), validate, test, predict, export and plot-polarization with a 49,152-token vocabulary."""
     from lit_dft.token_loss import TokenLoss
@@ -187,6 +189,7 @@ class SigtermAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_sigterm_during_fit_leaves_a_checkpoint_that_resumes_to_the_same_weights(tmp_path_factory, tmp_path, capsys):
     loss, full_run = "dft", smoke_run_dir("dft", tmp_path_factory)
     args = ["fit", "--config", SMOKE, f"--model.loss={loss}", f"--trainer.default_root_dir={tmp_path}"]
@@ -208,6 +211,7 @@ def test_sigterm_during_fit_leaves_a_checkpoint_that_resumes_to_the_same_weights
         torch.testing.assert_close(actual["state_dict"][name], value, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_sigterm_ends_test_promptly_without_scoring_cut_off_answers(tmp_path):
     command = [sys.executable, "-m", "lit_dft", "test", "--config", "configs/eval.yaml"]
     command += ["--model.model_name_or_path=tiny", "--model.generation.max_new_tokens=100000", "--data.eval_limit=2"]
@@ -228,6 +232,7 @@ def test_sigterm_ends_test_promptly_without_scoring_cut_off_answers(tmp_path):
     assert "test/acc" not in rest and not list(tmp_path.rglob("predictions.jsonl"))
 
 
+@pytest.mark.slow
 def test_fit_ending_between_validations_saves_its_final_weights(tmp_path, capsys):
     from lit_dft.cli import LitDFTCLI
     from lit_dft.data import MathDataModule
@@ -260,6 +265,7 @@ class InterruptAt(L.Callback):
         InterruptAt.weights = {n: p.detach().clone() for n, p in pl_module.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ctrl-c", "error"])
 def test_ctrl_c_or_an_error_in_a_callback_leaves_the_last_weights_on_disk(tmp_path_factory, tmp_path, kind):
     args = ["fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}"]
@@ -285,6 +291,7 @@ def test_ctrl_c_or_an_error_in_a_callback_leaves_the_last_weights_on_disk(tmp_pa
             torch.testing.assert_close(resumed["state_dict"][name], value, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_first_save_is_one_line(tmp_path, monkeypatch, capsys):
     import errno
 
@@ -310,6 +317,7 @@ def test_unwritable_checkpoint_folder_fails_before_training(tmp_path, capsys):
     assert "train/loss" not in captured.out + captured.err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", sorted(set(OBJECTIVES) - {"sft", "dft"}))  # sft and dft: the smoke runs
 def test_every_objective_trains_from_the_command_line(loss, tmp_path):
     run = tmp_path / loss
@@ -321,6 +329,7 @@ def test_every_objective_trains_from_the_command_line(loss, tmp_path):
     assert all(0 < v < math.log(49_152) for v in scalars["train/entropy"] + scalars["val/entropy"])
 
 
+@pytest.mark.slow
 def test_iw_sft_trains_against_reference_log_probs_from_the_data(tmp_path):
     """``model.reference: data``: no reference model, the data set's column gives the reference log-probs."""
     import json

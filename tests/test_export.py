@@ -34,6 +34,7 @@ def test_checkpoint_export_round_trip_reproduces_the_logits(dft_smoke_run, tmp_p
     assert (tmp_path / "hf" / "tokenizer_config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_gguf_model_exports_to_plain_safetensors_live_and_from_a_checkpoint(tmp_path, capsys):
     model = load_model(EMBEDDED_MODEL)
     out = export_pretrained(model, load_tokenizer(EMBEDDED_MODEL), tmp_path / "smollm2")

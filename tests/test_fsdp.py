@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # asft: a frozen reference, sharded too, run inside the forward; with LoRA, the base with its adapters off
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "loss, lora",
     [("dft", False), ("asft", False), ("asft", True), ("iw_sft", True)],

@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_measures_every_lit_dft_row(tmp_path):
     # A subprocess: the FSDP2 row leaves a process group behind.
     run = subprocess.run(

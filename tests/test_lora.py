@@ -163,6 +163,7 @@ def test_missing_peft_is_one_line_naming_the_extra(monkeypatch):
         add_adapters(micro_llama(), LORA)
 
 
+@pytest.mark.slow
 def test_lora_fits_resumes_and_exports_from_the_command_line(tmp_path, capsys):
     """The smoke recipe with ``--model.lora.r``: the tiny model's 49,152-token vocabulary takes the chunked path."""
     args = ["fit", "--config", SMOKE, "--model.lora.r=8", f"--trainer.default_root_dir={tmp_path / 'run'}"]
@@ -191,6 +192,7 @@ def test_lora_fits_resumes_and_exports_from_the_command_line(tmp_path, capsys):
         assert not torch.allclose(logits, load_model(TINY_MODEL).eval()(input_ids=ids).logits, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_read_with_other_lora_settings_or_another_base_is_one_line(tmp_path, capsys):
     args = ["fit", "--config", SMOKE, "--trainer.max_steps=1", f"--trainer.default_root_dir={tmp_path}"]
     main([*args, "--model.lora.r=4"])

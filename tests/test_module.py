@@ -168,6 +168,7 @@ def test_chunked_and_naive_paths_train_identically():
 
 
 # eaft: an objective with context from the distribution; asft with LoRA: the base, adapters off, as the reference
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "loss, lora", [("dft", False), ("eaft", False), ("asft", True)], ids=["dft", "eaft", "asft-lora"]
 )

@@ -53,6 +53,7 @@ def _fit(root, recorder, ckpt_path=None, lora=LoraArgs(), validate=False):
 
 
 # LoRA's dropout (0.05) draws random numbers: the resumed run must draw the uninterrupted run's, validation or not
+@pytest.mark.slow
 @pytest.mark.parametrize("lora, validate", [(LoraArgs(), False), (LoraArgs(r=4), True)], ids=["full", "lora"])
 def test_resumed_run_matches_uninterrupted_run(tmp_path, lora, validate):
     straight = Recorder()
@@ -71,6 +72,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, lora, validate):
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_crash_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path):
     """SIGKILL half-way through writing the step-4 checkpoint: the step-2 one survives, loads and resumes."""
 

@@ -119,6 +119,7 @@ def _histogram_run(tmp_path, **trainer_kwargs):
     return event.histogram_value
 
 
+@pytest.mark.slow
 def test_two_process_ddp_logs_the_same_counts_as_one_process(tmp_path):
     one = _histogram_run(tmp_path / "one")
     two = _histogram_run(tmp_path / "two", strategy="ddp_spawn", devices=2)
@@ -139,6 +140,7 @@ def _probe_tokens(tmp_path, **trainer_kwargs) -> dict[int, float]:
     return _histogram_totals(_events(tmp_path), "probe/target_prob_hist")
 
 
+@pytest.mark.slow
 def test_two_process_probe_measures_every_probe_token_once(tmp_path):
     data = MathDataModule(tokenizer_name_or_path=TINY_MODEL, limit=12, max_length=128)
     data.setup("fit")

@@ -104,6 +104,7 @@ def test_significant_figures_round_halves_up(checker):
     assert checker.check("1.45", ["1.5"], significant_figures=True).correct
 
 
+@pytest.mark.slow
 def test_the_checker_worker_shuts_down_cleanly_at_exit():
     script = "from lit_dft.evaluation import AnswerChecker; print(AnswerChecker().check('\\\\frac{1}{2}', ['0.5']))"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

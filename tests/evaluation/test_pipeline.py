@@ -104,6 +104,7 @@ def _ddp_worker(rank: int, world: int, port: int, results) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_metric_reduces_across_two_processes():
     results = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(2, find_free_network_port(), results), nprocs=2)
@@ -154,6 +155,7 @@ def test_checkpoint_of_another_model_is_reported(tmp_path_factory, tokenizer):
         module.on_load_checkpoint(torch.load(ckpt, weights_only=True))
 
 
+@pytest.mark.slow
 def test_two_processes_answer_each_problem_exactly_once(tmp_path, shared_data):
     """3 problems on 2 ranks: Lightning's sampler would pad to 4 and count one twice."""
     import lightning.pytorch as L
