@@ -59,7 +59,9 @@ def generation(model_name: str, problems: int, samples: int, new_tokens: int) ->
     single_tokens, start = 0, time.perf_counter()
     for problem in data.eval_data["math500"]:
         ids = torch.tensor([problem["prompt_ids"]])
-        one = PromptBatch(ids, torch.ones_like(ids), "math500", [problem["id"]], [problem["answers"]], [True])
+        one = PromptBatch(
+            ids, torch.ones_like(ids), "math500", [problem["id"]], [problem["question"]], [problem["answers"]], [True]
+        )
         for _ in range(samples):
             single_tokens += _generate(model, data.tokenizer, one, 1, new_tokens)
     single = time.perf_counter() - start

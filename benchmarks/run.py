@@ -23,6 +23,7 @@ BENCHMARKS = {
     "data_pipeline": "d. GSM8K data pipeline: tokenisation speed and padding",
     "generation": "e. Evaluation: batched vs one-at-a-time generation, answer checks per second",
     "lora": "f. LoRA against full fine-tuning (DFT, same batch)",
+    "continuous_batching": "g. Generation: padded batches vs continuous batching (same prompts)",
 }
 OUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 

@@ -67,6 +67,8 @@ class PromptBatch(_Movable):
     """Name of the benchmark in logs and predictions."""
     ids: list[str]
     """Problem ids."""
+    questions: list[str]
+    """The problems' questions as the data gives them (before any prompt formatting)."""
     answers: list[list[str]]
     """Gold answers per problem (several only for list answers, all of which must match)."""
     counted: list[bool]
@@ -119,6 +121,7 @@ class Prediction(_Movable):
 
     benchmark: str
     id: str
+    question: str
     sample: int
     """Index of the sample among the problem's k."""
     gold: list[str]

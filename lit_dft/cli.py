@@ -135,6 +135,7 @@ _SUBCOMMANDS = {
     "predict": "answer benchmark problems and write the answers to predictions.jsonl",
     "export": "write a checkpoint as a Hugging Face model folder (LoRA: merged, or --adapter)",
     "plot-polarization": "the paper's token-probability figure from logged runs",
+    "compare": "accuracies of runs side by side with 95% intervals and paired differences",
 }
 
 
@@ -170,6 +171,11 @@ def main(argv: list[str] | None = None) -> None:
             from lit_dft.plot import main as plot_main
 
             plot_main(args[1:])
+            return
+        if args[:1] == ["compare"]:
+            from lit_dft.evaluation.compare import main as compare_main
+
+            compare_main(args[1:])
             return
         register_strategies()
         LitDFTCLI(

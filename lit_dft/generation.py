@@ -111,7 +111,15 @@ def score(
             correct[row, j] = verdict.correct
             predictions.append(
                 Prediction(
-                    batch.benchmark, batch.ids[i], j, batch.answers[i], text, answer, verdict.correct, verdict.reason
+                    batch.benchmark,
+                    batch.ids[i],
+                    batch.questions[i],
+                    j,
+                    batch.answers[i],
+                    text,
+                    answer,
+                    verdict.correct,
+                    verdict.reason,
                 )
             )
     return correct, predictions

@@ -228,6 +228,32 @@ MUTATIONS = [
         "",
         ("tests/test_token_loss.py::test_top_values_equal_topk_with_ties_and_a_partial_last_block",),
     ),
+    Mutation(
+        "SampleWriter on rank 0 writes only rank 0's samples",
+        "lit_dft/callbacks/samples.py",
+        "predictions = [p for rank in gathered for p in rank]",
+        "predictions = list(predictions)",
+        ("tests/callbacks/test_samples.py::test_two_processes_sample_each_problem_once_into_one_file",),
+    ),
+    Mutation(
+        "SampleWriter keeps duplicate answers",
+        "lit_dft/callbacks/samples.py",
+        "elif deduplicate and (p.benchmark, p.id, response) in seen:",
+        "elif False:",
+        (
+            "tests/callbacks/test_samples.py::test_rejection_sampling_keeps_each_distinct_correct_answer_and_counts_the_rest",
+        ),
+    ),
+    Mutation(
+        "compare's difference is unpaired (two independent errors)",
+        "lit_dft/evaluation/compare.py",
+        "return estimate([b[p] - a[p] for p in shared]) if shared else None",
+        "return (lambda x, y: Estimate(x.mean - y.mean, (x.stderr**2 + y.stderr**2) ** 0.5, x.n))("
+        "estimate([b[p] for p in shared]), estimate([a[p] for p in shared])) if shared else None",
+        (
+            "tests/evaluation/test_compare.py::test_paired_difference_is_the_mean_and_standard_error_of_per_problem_differences",
+        ),
+    ),
 ]
 
 

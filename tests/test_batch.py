@@ -26,14 +26,15 @@ def test_padding_rows_of_an_even_split_train_nothing():
 
 def test_prompt_batch_carries_what_scoring_needs():
     rows = [
-        {"prompt_ids": [4, 5, 6], "id": "a", "answers": ["1"], "counted": True},
-        {"prompt_ids": [7], "id": "b", "answers": ["2"], "counted": False},
+        {"prompt_ids": [4, 5, 6], "id": "a", "question": "1?", "answers": ["1"], "counted": True},
+        {"prompt_ids": [7], "id": "b", "question": "2?", "answers": ["2"], "counted": False},
     ]
     batch = PromptCollator(pad_token_id=0, benchmark="toy", significant_figures=True)(rows)
     assert isinstance(batch, PromptBatch) and batch.input_ids.tolist() == [[4, 5, 6], [0, 0, 7]]
     assert batch.attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert (batch.ids, batch.answers, batch.counted, batch.significant_figures) == (
+    assert (batch.ids, batch.questions, batch.answers, batch.counted, batch.significant_figures) == (
         ["a", "b"],
+        ["1?", "2?"],
         [["1"], ["2"]],
         [True, False],
         True,

@@ -4,6 +4,7 @@ export at the end of fit, TensorBoard's layout."""
 from lit_dft.callbacks.checkpoint import ModelCheckpoint
 from lit_dft.callbacks.export import ExportOnFitEnd
 from lit_dft.callbacks.predictions import PredictionWriter
+from lit_dft.callbacks.samples import SampleWriter
 from lit_dft.callbacks.tensorboard import TensorBoardLayout
 from lit_dft.callbacks.throughput import TokenThroughput
 from lit_dft.callbacks.token_probs import ProbeTokenProbabilities, TokenProbabilityHistogram
@@ -15,6 +16,7 @@ __all__ = [
     "PredictionWriter",
     "TensorBoardLayout",
     "ProbeTokenProbabilities",
+    "SampleWriter",
     "TokenCategories",
     "TokenProbabilityHistogram",
     "TokenThroughput",

@@ -60,6 +60,7 @@ class PromptCollator:
             attention_mask,
             benchmark=self.benchmark,
             ids=[row["id"] for row in rows],
+            questions=[row["question"] for row in rows],
             answers=[row["answers"] for row in rows],
             counted=[row.get("counted", True) for row in rows],
             significant_figures=self.significant_figures,

@@ -105,7 +105,7 @@ class MathDataModule(LightningDataModule):
 
     preset: str | Preset = "champ"
     """A preset name (champ, gsm8k, math500, minerva_math, olympiadbench, aime24, amc23, numina, math,
-    metamath) or an inline preset mapping the columns: {question: ..., solution: ..., answer: ...}."""
+    metamath, sampled: a model's own answers from ``SampleWriter``) or an inline preset mapping the columns: {question: ..., solution: ..., answer: ...}."""
     path: str | None = None
     """Local .jsonl/.json/.parquet/.csv file or folder; None loads the preset's hub data set or package (CHAMP)."""
     val_path: str | None = None
@@ -123,7 +123,9 @@ class MathDataModule(LightningDataModule):
     trust_remote_code: bool = False
     """Allow tokenizer code from the hub (linked to the model's setting by the CLI)."""
     prompt_style: PromptStyle = "auto"
-    """``chat`` uses the tokenizer's chat template, ``plain`` the question and instruction; ``auto`` picks chat when there is a template."""
+    """``chat`` uses the tokenizer's chat template, ``plain`` the question and instruction; ``auto`` picks chat when there
+    is a template. ``qwen-boxed`` is Qwen2.5-Math's evaluation prompt as the DFT paper used it (ChatML, system "You are
+    a helpful assistant.", the boxed instruction), exactly, ignoring ``system_prompt`` and ``instruction``."""
     system_prompt: str | None = None
     """System message for the chat template; None keeps the template's default."""
     instruction: str | None = BOXED_INSTRUCTION

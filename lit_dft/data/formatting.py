@@ -10,7 +10,14 @@ from transformers import PreTrainedTokenizerBase
 from lit_dft.errors import LitDFTError
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-PromptStyle = Literal["auto", "chat", "plain"]
+PromptStyle = Literal["auto", "chat", "plain", "qwen-boxed"]
+# Qwen2.5-Math's evaluation prompt "qwen-boxed" (its math_eval.py, which the DFT paper's numbers use), as text: ChatML
+# with a fixed system message and instruction, whatever the tokenizer's own chat template says.
+QWEN_BOXED = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{question}\n{instruction}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+_CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 
 
 @dataclass
@@ -27,6 +34,10 @@ class PromptFormatter:
             self.style = "chat" if self.tokenizer.chat_template else "plain"
         if self.style == "chat" and not self.tokenizer.chat_template:
             raise LitDFTError("prompt_style 'chat' needs a tokenizer with a chat template; use 'plain'")
+        if self.style == "qwen-boxed" and not all(t in self.tokenizer.get_vocab() for t in _CHATML_TOKENS):
+            raise LitDFTError(
+                "prompt_style 'qwen-boxed' needs a ChatML tokenizer (<|im_start|>, <|im_end|>), as Qwen's"
+            )
         self._stop_ids = set(self.tokenizer.all_special_ids)
 
     def _user_content(self, question: str) -> str:
@@ -40,11 +51,15 @@ class PromptFormatter:
         """The text the model sees before its answer (also the generation prompt)."""
         if self.style == "plain":
             return self._user_content(question) + "\n"
+        if self.style == "qwen-boxed":
+            return QWEN_BOXED.format(question=question, instruction=BOXED_INSTRUCTION)
         return self.tokenizer.apply_chat_template(self._messages(question), tokenize=False, add_generation_prompt=True)
 
     def _response(self, question: str, prompt: str, solution: str) -> str:
         if self.style == "plain":
             return solution
+        if self.style == "qwen-boxed":
+            return solution + "<|im_end|>"
         messages = self._messages(question) + [{"role": "assistant", "content": solution}]
         full = self.tokenizer.apply_chat_template(messages, tokenize=False)
         if not full.startswith(prompt):

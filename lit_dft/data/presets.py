@@ -86,6 +86,8 @@ PRESETS: dict[str, Preset] = {
     "aime24": Preset(question="problem", hub_id="HuggingFaceH4/aime_2024"),
     "amc23": Preset(solution=None, split="test"),
     "champ": Preset(package="champ-dataset"),  # rows already in this schema
+    # a model's own answers, written by lit_dft.callbacks.SampleWriter (``lit-dft predict --config configs/offline_sample.yaml``)
+    "sampled": Preset(solution="response", answer="gold", answer_format="list"),
 }
 
 

@@ -12,6 +12,7 @@ import atexit
 import logging
 import multiprocessing
 import re
+import signal
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -71,6 +72,13 @@ class Verdict:
     """Why the answer is counted incorrect: no answer, timeout, not equivalent, checker error."""
 
 
+def _default_signal_handlers() -> None:
+    """In the worker: SIGTERM ends it quietly (a forked worker inherits the trainer's SIGTERM handler, which would
+    announce ``close()``'s terminate as a scheduler's SIGTERM), and Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class AnswerChecker:
     """Compares extracted answers to gold answers; all gold parts must match (OlympiadBench lists).
 
@@ -85,7 +93,8 @@ class AnswerChecker:
     def _worker(self):
         if self._pool is None:  # fork: the worker needs no import of __main__ (notebooks, stdin scripts)
             methods = multiprocessing.get_all_start_methods()
-            self._pool = multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(1)
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self._pool = context.Pool(1, initializer=_default_signal_handlers)
             atexit.register(self.close)  # shut it down before the interpreter does, which warns in Pool.__del__
         return self._pool
 

@@ -68,6 +68,32 @@ def test_plain_prompt_style_for_base_models(shared_data):
     assert "####" not in response
 
 
+def test_qwen_boxed_prompt_is_qwen2_5_maths_evaluation_prompt_verbatim(shared_data):
+    dm = _module(preset="gsm8k", path=str(shared_data / "gsm8k/train.jsonl"), limit=3, prompt_style="qwen-boxed")
+    dm.system_prompt = "ignored: qwen-boxed is the exact text"
+    dm.setup("fit")
+    row = _source_rows(shared_data / "gsm8k/train.jsonl", "gsm8k", 1)[0]
+    prompt, response, _ = next(_decode_examples(dm, 1))
+    assert prompt == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + row["question"] + "\n"
+        "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert response.endswith("#### 72<|im_end|>")
+
+
+def test_qwen_boxed_needs_a_chatml_tokenizer():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from lit_dft.data.formatting import PromptFormatter
+
+    words = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, "[UNK]")), eos_token="[UNK]"
+    )
+    with pytest.raises(LitDFTError, match="'qwen-boxed' needs a ChatML tokenizer"):
+        PromptFormatter(words, "qwen-boxed")
+
+
 def test_amc23_answers_read_but_training_refused(shared_data):
     row = _source_rows(shared_data / "amc23/test.jsonl", "amc23", 1)[0]
     assert row["answers"] == ["27.0"] and row["question"].startswith("Cities")

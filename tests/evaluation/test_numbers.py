@@ -106,7 +106,16 @@ def test_significant_figures_round_halves_up(checker):
 
 @pytest.mark.slow
 def test_the_checker_worker_shuts_down_cleanly_at_exit():
-    script = "from lit_dft.evaluation import AnswerChecker; print(AnswerChecker().check('\\\\frac{1}{2}', ['0.5']))"
+    # a SIGTERM handler such as the trainer's: the forked worker must not run it when it is terminated
+    script = "import os, signal, time; signal.signal(signal.SIGTERM, lambda *a: print('handler ran', flush=True)); "
+    script += "from lit_dft.evaluation import AnswerChecker; checker = AnswerChecker(); "
+    script += "print(checker.check('\\\\frac{1}{2}', ['0.5'])); "
+    script += (
+        "worker = checker._worker(); worker.apply(abs, (-1,)); worker.apply_async(time.sleep, (1,)); time.sleep(0.3); "
+    )
+    script += "os.kill(worker._pool[0].pid, signal.SIGTERM); "
+    script += "time.sleep(1)"
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "correct=True" in run.stdout, run.stderr
+    assert "handler ran" not in run.stdout
     assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -185,7 +185,7 @@ def test_score_reads_the_k_samples_of_each_problem_in_order():
     from lit_dft.generation import score
 
     prompts = torch.ones(3, 2, dtype=torch.long)
-    batch = PromptBatch(prompts, prompts, "toy", ["a", "b", "c"], [["1"], ["2"], ["3"]], [True, True, True])
+    batch = PromptBatch(prompts, prompts, "toy", ["a", "b", "c"], ["qa", "qb", "qc"], [["1"], ["2"], ["3"]], [True] * 3)
     # problem i's sample j is right exactly when j == i: each sample is in its own place
     texts = [f"\\boxed{{{i + 1 if j == i else 9}}}" for i in range(3) for j in range(4)]
     checker = AnswerCheckerForTest()
