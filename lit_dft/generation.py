@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -30,6 +30,11 @@ class GenerationArgs:
     """Sampling temperature; 0 decodes greedily (one answer per problem)."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """``hf``: Hugging Face ``generate``, batched with a KV cache. ``vllm``: a vLLM engine over the module's weights
+    (``pip install 'lit-dft[vllm]'``; one process, ``trainer.devices: 1``), same prompts, stop tokens and sampling."""
+    vllm_args: dict[str, Any] = field(default_factory=dict)
+    """More ``vllm.LLM`` arguments, e.g. {gpu_memory_utilization: 0.5, tensor_parallel_size: 2, dtype: bfloat16}."""
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

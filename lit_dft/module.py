@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -149,6 +150,7 @@ class CausalLMModule(LightningModule):
         self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in self._stat_names})
         self.reference_model: PreTrainedModel | None = None  # frozen, for objectives with a reference model
         self._run_seed = 0  # the seed training's random numbers derive from (set when fit starts, or resumed)
+        self._vllm = None  # the vLLM engine of generation.backend 'vllm', made at the first generation
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy)
@@ -355,7 +357,7 @@ class CausalLMModule(LightningModule):
     def _answer(self, batch: PromptBatch) -> list[Prediction]:
         """Generate k answers per problem, check them, update the benchmark's accuracy; the predictions go to
         callbacks."""
-        texts = generate(self.model, self.tokenizer, batch, self.generation, self._received_sigterm)
+        texts = self._generate(batch)
         # A scheduler's SIGTERM: stop now, without scoring cut-off answers; every rank together (a collective),
         # since a rank that went on into the next sharded generation would wait for the others forever.
         if self._trainer is not None and self.trainer.strategy.reduce_boolean_decision(
@@ -368,6 +370,21 @@ class CausalLMModule(LightningModule):
             self.eval_metrics[name] = MathAccuracy().to(self.device)
         self.eval_metrics[name].update(correct.to(self.device))
         return predictions
+
+    def _generate(self, batch: PromptBatch) -> list[str]:
+        if self.generation.backend == "hf":
+            return generate(self.model, self.tokenizer, batch, self.generation, self._received_sigterm)
+        if self._vllm is None:
+            from lit_dft.vllm_generation import VLLMGenerator
+
+            if self._trainer is not None and self.trainer.world_size > 1:
+                raise LitDFTError(
+                    "model.generation.backend 'vllm' runs in one process (trainer.devices: 1); for several GPUs set "
+                    "model.generation.vllm_args.tensor_parallel_size"
+                )
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            self._vllm = VLLMGenerator(self.model, self.tokenizer, self.lora, seed, self.generation.vllm_args)
+        return self._vllm(batch, self.generation)
 
     def on_test_start(self) -> None:
         self._announce(self.trainer.num_test_batches)
