@@ -377,6 +377,11 @@ class CausalLMModule(LightningModule):
         if self._vllm is None:
             from lit_dft.vllm_generation import VLLMGenerator
 
+            if self._trainer is not None and self.trainer.state.fn == "fit":
+                raise LitDFTError(
+                    "model.generation.backend 'vllm' answers in validate/test/predict, not in fit's validations "
+                    "(its engine would keep the weights it started with); use backend 'hf' with validate_benchmarks"
+                )
             if self._trainer is not None and self.trainer.world_size > 1:
                 raise LitDFTError(
                     "model.generation.backend 'vllm' runs in one process (trainer.devices: 1); for several GPUs set "
@@ -422,12 +427,15 @@ class CausalLMModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_benchmarks("val")
+        self._vllm = None  # a vLLM engine answers for the weights it was made from: this evaluation only
 
     def on_test_epoch_end(self) -> None:
         self._log_benchmarks("test")
+        self._vllm = None
 
     def on_predict_epoch_end(self) -> None:
         self.eval_metrics.clear()
+        self._vllm = None
 
     # ---- optimisation ----------------------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 module holds, so ``test``/``predict`` and sampling give the same kind of answers, faster on a GPU.
 
 vLLM is imported only when this backend is chosen. The module's weights (a checkpoint's, a LoRA model's with its
-adapters merged, a GGUF model's) are written once to a temporary Hugging Face folder that the engine loads; it is
-removed with the engine.
+adapters merged, a GGUF model's) are written to a temporary Hugging Face folder that the engine loads, removed
+once it has.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import shutil
 import tempfile
-import weakref
 from typing import Any
 
 import torch
@@ -21,6 +20,17 @@ from lit_dft.batch import PromptBatch
 from lit_dft.errors import LitDFTError
 from lit_dft.export import export_pretrained
 from lit_dft.generation import GenerationArgs, stop_token_ids
+
+_OURS = ("model", "tokenizer", "seed")  # vllm.LLM arguments lit_dft sets itself
+
+
+def _default_memory_share() -> dict[str, float]:
+    """vLLM takes 90% of the GPU by default and refuses to start when less is free; the module's own copy of the
+    model is on the GPU too, so take 90% of what is free."""
+    if not torch.cuda.is_available():
+        return {}
+    free, total = torch.cuda.mem_get_info()
+    return {"gpu_memory_utilization": round(0.9 * free / total, 3)}
 
 
 def _import_vllm():
@@ -38,10 +48,20 @@ class VLLMGenerator:
         self.vllm = _import_vllm()
         self.tokenizer = tokenizer
         self.stop_ids = stop_token_ids(model, tokenizer)
-        self.folder = tempfile.mkdtemp(prefix="lit_dft_vllm_")
-        weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
-        export_pretrained(model, tokenizer, self.folder, lora=lora)
-        self.engine = self.vllm.LLM(model=self.folder, tokenizer=self.folder, seed=seed, **(engine_args or {}))
+        engine_args = _default_memory_share() | (engine_args or {})
+        if set(engine_args) & set(_OURS):
+            raise LitDFTError(
+                f"model.generation.vllm_args cannot set {', '.join(sorted(set(engine_args) & set(_OURS)))}: "
+                "lit_dft gives vLLM the module's weights and seed_everything's seed"
+            )
+        folder = tempfile.mkdtemp(prefix="lit_dft_vllm_")
+        try:
+            export_pretrained(model, tokenizer, folder, lora=lora)
+            self.engine = self.vllm.LLM(model=folder, tokenizer=folder, seed=seed, **engine_args)
+        except (ValueError, RuntimeError) as error:  # out of memory, an unsupported architecture: vLLM's words
+            raise LitDFTError(f"vLLM could not start: {error}") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # loaded: a 7B model's float32 copy need not stay on disk
 
     def sampling_params(self, sampling: GenerationArgs):
         greedy = sampling.temperature == 0

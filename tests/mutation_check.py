@@ -231,7 +231,7 @@ MUTATIONS = [
     Mutation(
         "SampleWriter on rank 0 writes only rank 0's samples",
         "lit_dft/callbacks/samples.py",
-        "predictions = [p for rank in gathered for p in rank]",
+        "predictions = [p for rank in gathered or [] for p in rank]",
         "predictions = list(predictions)",
         ("tests/callbacks/test_samples.py::test_two_processes_sample_each_problem_once_into_one_file",),
     ),

@@ -98,9 +98,7 @@ def test_the_engine_gets_the_unpadded_prompts_stop_tokens_sampling_and_weights(f
     assert (engine.seed, engine.kwargs) == (3, {"gpu_memory_utilization": 0.5})
     for name, value in model.state_dict().items():
         torch.testing.assert_close(engine.weights[name], value, msg=name)
-    folder = Path(engine.model)
-    del generator
-    assert not folder.exists(), "the exported weights go with the engine"
+    assert not Path(engine.model).exists(), "the exported weights go once the engine has loaded them"
 
 
 def test_greedy_decoding_ignores_top_p(fake_vllm):
@@ -128,3 +126,18 @@ def test_without_vllm_installed_it_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(LitDFTError, match=r"needs vLLM: pip install 'lit-dft\[vllm\]'"):
         VLLMGenerator(load_model(TINY_MODEL), load_tokenizer(TINY_MODEL))
+
+
+def test_settings_lit_dft_owns_or_fit_validations_are_refused(fake_vllm):
+    from lit_dft.module import CausalLMModule
+    from lit_dft.vllm_generation import VLLMGenerator
+
+    data, batch = _problems(1)
+    with pytest.raises(LitDFTError, match="vllm_args cannot set seed, tokenizer"):
+        VLLMGenerator(load_model(TINY_MODEL), data.tokenizer, engine_args={"seed": 1, "tokenizer": "x"})
+    module = CausalLMModule.from_model(load_model(TINY_MODEL), data.tokenizer, generation={"backend": "vllm"})
+    module._trainer = types.SimpleNamespace(state=types.SimpleNamespace(fn="fit"), world_size=1)
+    with pytest.raises(LitDFTError, match="not in fit's validations"):
+        module._generate(batch)
+    module._trainer.state.fn = "test"
+    assert len(module._generate(batch)) == 1 and fake_vllm.made

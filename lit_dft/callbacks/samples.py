@@ -73,13 +73,15 @@ class SampleWriter(Callback):
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         predictions, self._predictions = self._predictions, []
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            gathered: list[list[Prediction] | None] = [None] * trainer.world_size
-            dist.all_gather_object(gathered, predictions)  # a collective: every rank takes part
-            predictions = [p for rank in gathered for p in rank]
-        path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "samples.jsonl")
-        kept, self.counts = sample_rows(predictions, self.keep, self.deduplicate)
+            gathered: list[list[Prediction] | None] | None = (
+                [None] * trainer.world_size if dist.get_rank() == 0 else None
+            )
+            dist.gather_object(predictions, gathered, dst=0)  # a collective: every rank takes part
+            predictions = [p for rank in gathered or [] for p in rank]
+        path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "samples.jsonl")  # every rank
         if not trainer.is_global_zero:
             return
+        kept, self.counts = sample_rows(predictions, self.keep, self.deduplicate)
         source = {
             "model": pl_module.hparams.get("model_name_or_path"),
             "checkpoint": trainer.ckpt_path,

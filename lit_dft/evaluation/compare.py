@@ -35,6 +35,8 @@ class Run:
     """benchmark -> problem id -> correct, one entry per sample (pooled over the run's files)."""
     skipped: Counter = field(default_factory=Counter)
     """Lines left out, by reason."""
+    files: list[Path] = field(default_factory=list)
+    """The predictions files read."""
 
     def scores(self, benchmark: str) -> dict[str, float]:
         """Each problem's mean@k."""
@@ -88,14 +90,16 @@ def _files(path: Path) -> list[Path]:
 
 
 def read_run(spec: str) -> Run:
-    """A run from ``PATH`` or ``LABEL=PATH[,PATH...]``; unreadable lines are counted, not fatal."""
-    label, _, paths = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    """A run from ``PATH`` or ``LABEL=PATH[,PATH...]`` (an existing path is a path, even with ``=`` in it);
+    unreadable lines are counted, not fatal."""
+    label, _, paths = ("", "", spec) if Path(spec).exists() or "=" not in spec else spec.partition("=")
     paths_list = [Path(p) for p in paths.split(",") if p]
     if not paths_list:
         raise LitDFTError(f"No path in {spec!r}: give PATH or LABEL=PATH[,PATH...]")
     run = Run(label or paths_list[0].name)
     for file in (f for p in paths_list for f in _files(p)):
-        with file.open(encoding="utf-8") as handle:
+        run.files.append(file)
+        with file.open(encoding="utf-8", errors="replace") as handle:  # a bad byte spoils one line, not the file
             for line in handle:
                 if not line.strip():
                     continue
@@ -127,9 +131,9 @@ class Row:
 
 
 def compare(runs: list[Run]) -> list[Row]:
-    """Rows per benchmark (those of the first run, in order) and the mean over the benchmarks all runs answered."""
+    """Rows per benchmark (in the order the runs name them) and the mean over the benchmarks all runs answered."""
     baseline = runs[0]
-    benchmarks = list(baseline.samples)
+    benchmarks = list(dict.fromkeys(b for run in runs for b in run.samples))
     common = [b for b in benchmarks if all(b in run.samples for run in runs)]
     rows = []
     for benchmark in benchmarks:
@@ -138,7 +142,11 @@ def compare(runs: list[Run]) -> list[Row]:
                 continue
             samples = sum(len(c) for c in run.samples[benchmark].values())
             accuracy = estimate(list(run.scores(benchmark).values()))
-            difference = paired_difference(run, baseline, benchmark) if run is not baseline else None
+            difference = (
+                paired_difference(run, baseline, benchmark)
+                if run is not baseline and benchmark in baseline.samples
+                else None
+            )
             rows.append(Row(benchmark, run.label, accuracy, samples, difference))
     if len(common) > 1:
         for run in runs:
@@ -151,8 +159,10 @@ def compare(runs: list[Run]) -> list[Row]:
 
 
 def _percent(e: Estimate, signed: bool = False) -> str:
+    """``mean ± half-width`` in percent; ``± n/a`` for a single problem, which has no spread to estimate."""
     sign = "+" if signed else ""
-    return f"{100 * e.mean:{sign}.1f} ± {100 * Z95 * e.stderr:.1f}"
+    spread = f"{100 * Z95 * e.stderr:.1f}" if e.n > 1 else "n/a"
+    return f"{100 * e.mean:{sign}.1f} ± {spread}"
 
 
 def markdown(rows: list[Row], runs: list[Run]) -> str:
@@ -176,7 +186,11 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
 def write_csv(rows: list[Row], path: Path, baseline: str) -> None:
     columns = ["benchmark", "run", "problems", "samples", "acc", "acc_stderr", "acc_ci95_low", "acc_ci95_high"]
     columns += ["baseline", "diff", "diff_stderr", "diff_ci95_low", "diff_ci95_high", "paired_problems"]
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    try:
+        handle = path.open("w", newline="", encoding="utf-8")
+    except OSError as error:
+        raise LitDFTError(f"Cannot write {path}: {error.strerror or error}") from None
+    with handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for r in rows:
@@ -201,9 +215,18 @@ def main(argv: list[str]) -> None:
     if len(set(labels)) < len(labels):
         raise LitDFTError(f"Two runs share a label ({', '.join(labels)}): name them, e.g. sft=PATH dft=PATH")
     for run in runs:
+        if len(run.files) > 1:  # seeds or ranks, meant to pool; or reruns in one folder, not meant to
+            print(f"{run.label}: pooled {len(run.files)} files: {', '.join(map(str, run.files))}", file=sys.stderr)
         for reason, count in run.skipped.items():
             print(f"{run.label}: skipped {count} line(s): {reason}", file=sys.stderr)
     rows = compare(runs)
+    for row in rows:
+        if row.difference is not None and row.difference.n < row.accuracy.n:
+            print(
+                f"{row.run} answered {row.accuracy.n} {row.benchmark} problems, {row.difference.n} of them shared with "
+                f"{labels[0]}: its accuracy is over all {row.accuracy.n}, the difference over the shared ones",
+                file=sys.stderr,
+            )
     print(markdown(rows, runs))
     write_csv(rows, Path(args.csv), labels[0])
     print("\nAccuracy in % ± the 95% interval's half-width (problems); differences paired over shared problems.")

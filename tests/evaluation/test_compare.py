@@ -107,3 +107,24 @@ def test_bad_runs_are_one_line(args, message, tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith(f"lit-dft: error: {message}") and "Traceback" not in err
+
+
+def test_paths_with_equals_signs_other_benchmarks_and_single_problems(tmp_path, capsys):
+    folder = tmp_path / "lr=1e-5"
+    folder.mkdir()
+    _write(folder / "predictions.jsonl", {"a": [True, False]}, benchmark="aime24")
+    other = _write(tmp_path / "o.jsonl", {"a": [True, True], "b": [False]}, benchmark="aime24")
+    extra = _write(tmp_path / "x.jsonl", {"z": [True]}, benchmark="amc23")
+    main(["compare", str(folder), f"sft={folder}", f"two={other},{extra}", "--csv", str(tmp_path / "c.csv")])
+    captured = capsys.readouterr()
+    assert "| benchmark | lr=1e-5 | sft | two |" in captured.out
+    assert "| aime24 | 50.0 ± n/a (1) |" in captured.out  # one problem: no spread to estimate
+    assert "| amc23 |  |  | 100.0 ± n/a (1) |" in captured.out  # a benchmark only a later run answered
+    assert "two answered 2 aime24 problems, 1 of them shared with lr=1e-5" in captured.err
+    assert "two: pooled 2 files" in captured.err
+
+
+def test_an_unwritable_csv_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", _write(tmp_path / "p.jsonl", BASE), "--csv", str(tmp_path / "no" / "such" / "c.csv")])
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"lit-dft: error: Cannot write {tmp_path}")
