@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import re
 import signal
 import sys
@@ -151,8 +152,18 @@ def _list_subcommands(problem: str) -> None:
     raise SystemExit(2)
 
 
+def _read_docstrings_once() -> None:
+    """LightningCLI builds a parser for each of its four subcommands, and for each jsonargparse reads the source of
+    every class again for its attribute docstrings: most of a ``lit-dft`` start. Read each class once per process."""
+    import docstring_parser
+
+    if not hasattr(docstring_parser.parse_from_object, "cache_info"):
+        docstring_parser.parse_from_object = functools.cache(docstring_parser.parse_from_object)
+
+
 def main(argv: list[str] | None = None) -> None:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # data fields document themselves
+    _read_docstrings_once()
     verbose, args = verbose_requested(sys.argv[1:] if argv is None else argv)
     if argv is None:
         sys.argv[1:] = args  # without --verbose, which LightningCLI would not know

@@ -86,10 +86,14 @@ def test_misspelled_key_is_rejected_by_the_parser(capsys):
 
 
 def test_help_documents_every_data_and_grouped_model_option(capsys):
-    _, out, _ = _cli(capsys, "fit", "--help")
-    assert "Maximum tokens per example" in out and "Batch examples of similar length" in out
-    assert "--model.optimizer.learning_rate" in out and "Peak learning rate" in out
-    assert "--model.generation.num_samples" in out and "Answers per problem, k" in out
+    import docstring_parser
+
+    for _ in range(2):  # the second parser reads the docstrings the first one read, from the cache
+        _, out, _ = _cli(capsys, "fit", "--help")
+        assert "Maximum tokens per example" in out and "Batch examples of similar length" in out
+        assert "--model.optimizer.learning_rate" in out and "Peak learning rate" in out
+        assert "--model.generation.num_samples" in out and "Answers per problem, k" in out
+    assert docstring_parser.parse_from_object.cache_info().hits > 0
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda path: path.stem)
