@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -79,8 +80,20 @@ class SampleWriter(Callback):
             dist.gather_object(predictions, gathered, dst=0)  # a collective: every rank takes part
             predictions = [p for rank in gathered or [] for p in rank]
         path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "samples.jsonl")  # every rank
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            rank_zero_info(self._write(path, predictions, trainer, pl_module))
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Stopped early (SIGTERM, Ctrl-C, an error): each rank writes the answers it has so far, filtered the same
+        way, to ``<stem>.partial.rank<N>.jsonl`` beside ``path`` (``default_root_dir`` when None), without a
+        collective (another rank may be gone), so hours of sampling are not lost."""
+        predictions, self._predictions = self._predictions, []
+        if predictions:
+            path = Path(self.path or Path(trainer.default_root_dir) / "samples.jsonl")
+            path = path.with_name(f"{path.stem}.partial.rank{trainer.global_rank}{path.suffix}")
+            print(self._write(path, predictions, trainer, pl_module), file=sys.stderr)
+
+    def _write(self, path: Path, predictions: list[Prediction], trainer: Trainer, pl_module: LightningModule) -> str:
         kept, self.counts = sample_rows(predictions, self.keep, self.deduplicate)
         source = {
             "model": pl_module.hparams.get("model_name_or_path"),
@@ -94,4 +107,4 @@ class SampleWriter(Callback):
                 row |= {"extracted": p.extracted, "correct": p.correct, "benchmark": p.benchmark, "id": p.id}
                 handle.write(json.dumps(row | {"sample": p.sample} | source, ensure_ascii=False) + "\n")
         counts = ", ".join(f"{name} {n}" for name, n in self.counts.items())
-        rank_zero_info(f"Wrote {len(kept)} samples ({self.keep}) to {path}: {counts}")
+        return f"Wrote {len(kept)} samples ({self.keep}) to {path}: {counts}"

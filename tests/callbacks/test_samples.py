@@ -116,3 +116,28 @@ def test_two_processes_sample_each_problem_once_into_one_file(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").open()]
     assert sorted((r["id"], r["sample"]) for r in rows) == [(str(i), j) for i in range(3) for j in range(2)]
     assert not list(tmp_path.glob("samples.rank*"))
+
+
+def test_a_run_stopped_early_keeps_the_answers_it_has(tmp_path, monkeypatch):
+    answer = _stand_in(_golds(8))
+    calls = []
+
+    def stopped_at_the_second_batch(model, tokenizer, batch, sampling, should_stop=None):
+        calls.append(batch.ids)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C; Lightning treats SIGTERM's exception the same way
+        return answer(model, tokenizer, batch, sampling)
+
+    monkeypatch.setattr(lit_dft.module, "generate", stopped_at_the_second_batch)
+    data = MathDataModule(
+        tokenizer_name_or_path=TINY_MODEL, eval_sets=[EvalSet("gsm8k", GSM8K_TRAIN, limit=8)], batch_size=4
+    )
+    module = CausalLMModule(TINY_MODEL, generation={"num_samples": 4, "temperature": 1.0, "max_new_tokens": 8})
+    writer = SampleWriter(str(tmp_path / "samples.jsonl"))
+    trainer = L.Trainer(accelerator="cpu", callbacks=[writer], logger=False, enable_progress_bar=False)
+    with pytest.raises(SystemExit):
+        trainer.predict(module, datamodule=data)
+    module.checker.close()
+    assert not (tmp_path / "samples.jsonl").exists()
+    rows = [json.loads(line) for line in (tmp_path / "samples.partial.rank0.jsonl").open()]
+    assert [r["id"] for r in rows] == calls[0] == ["0", "1", "2", "3"] and writer.counts["samples"] == 16
