@@ -84,3 +84,35 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def first_prompts(model_name: str, preset: str, path: Path, problems: int):
+    """The data module and one batch holding the first ``problems`` prompts of a benchmark, as evaluation builds them."""
+    from lit_dft.data import MathDataModule
+    from lit_dft.data.datamodule import EvalSet
+
+    data = MathDataModule(
+        tokenizer_name_or_path=model_name,
+        eval_sets=[EvalSet(preset, str(path), limit=problems)],
+        eval_batch_size=problems,
+    )
+    data.setup("test")
+    (loader,) = data.test_dataloader()
+    return data, next(iter(loader))
+
+
+def fixed_length_sampling(tokenizer, samples: int, new_tokens: int):
+    """Sampling at temperature 1 in which every sequence runs to ``new_tokens``: equal work for any way of generating."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=None,
+        num_return_sequences=samples,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=-1,
+    )

@@ -13,42 +13,18 @@ import argparse
 import time
 
 import torch
-from transformers import GenerationConfig
 
-from benchmarks.common import SHARED_DATA, markdown_table, save
-from lit_dft.data import MathDataModule
-from lit_dft.data.datamodule import EvalSet
+from benchmarks.common import SHARED_DATA, first_prompts, fixed_length_sampling, markdown_table, save
 from lit_dft.models import EMBEDDED_MODEL, TINY_MODEL, load_model
 
 GSM8K = SHARED_DATA / "gsm8k" / "test.jsonl"
 
 
-def _config(tokenizer, samples: int, new_tokens: int) -> GenerationConfig:
-    return GenerationConfig(
-        do_sample=True,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=None,
-        num_return_sequences=samples,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=-1,  # every sequence the same length: equal work both ways
-    )
-
-
 def main(quick: bool = False) -> str:
     model_name, problems, samples, new_tokens = (TINY_MODEL, 4, 2, 16) if quick else (EMBEDDED_MODEL, 32, 4, 64)
-    data = MathDataModule(
-        tokenizer_name_or_path=model_name,
-        eval_sets=[EvalSet("gsm8k", str(GSM8K), limit=problems)],
-        eval_batch_size=problems,
-    )
-    data.setup("test")
-    (loader,) = data.test_dataloader()
-    batch = next(iter(loader))
+    data, batch = first_prompts(model_name, "gsm8k", GSM8K, problems)
     model = load_model(model_name).eval()
-    config = _config(data.tokenizer, samples, new_tokens)
+    config = fixed_length_sampling(data.tokenizer, samples, new_tokens)
     torch.manual_seed(0)
     start = time.perf_counter()
     with torch.no_grad():

@@ -16,10 +16,8 @@ import time
 
 import torch
 
-from benchmarks.common import SHARED_DATA, markdown_table, save
+from benchmarks.common import SHARED_DATA, first_prompts, fixed_length_sampling, markdown_table, save
 from lit_dft.batch import PromptBatch
-from lit_dft.data import MathDataModule
-from lit_dft.data.datamodule import EvalSet
 from lit_dft.evaluation.checking import AnswerChecker, _verify
 from lit_dft.models import EMBEDDED_MODEL, TINY_MODEL, load_model
 
@@ -31,27 +29,13 @@ def _generate(model, tokenizer, batch, samples: int, new_tokens: int) -> int:
     out = model.generate(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
-        do_sample=True,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=None,
-        num_return_sequences=samples,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
+        generation_config=fixed_length_sampling(tokenizer, samples, new_tokens),
     )
     return (out.shape[1] - batch.input_ids.shape[1]) * out.shape[0]
 
 
 def generation(model_name: str, problems: int, samples: int, new_tokens: int) -> list:
-    data = MathDataModule(
-        tokenizer_name_or_path=model_name,
-        eval_sets=[EvalSet("math500", str(MATH500), limit=problems)],
-        eval_batch_size=problems,
-    )
-    data.setup("test")
-    (loader,) = data.test_dataloader()
-    batch = next(iter(loader))
+    data, batch = first_prompts(model_name, "math500", MATH500, problems)
     model = load_model(model_name).eval()
     start = time.perf_counter()
     batched_tokens = _generate(model, data.tokenizer, batch, samples, new_tokens)
