@@ -109,7 +109,7 @@ def fixed_length_sampling(tokenizer, samples: int, new_tokens: int):
         do_sample=True,
         temperature=1.0,
         top_p=1.0,
-        top_k=None,
+        top_k=0,  # off: None in a GenerationConfig means transformers' default, 50
         num_return_sequences=samples,
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,

@@ -374,14 +374,14 @@ class CausalLMModule(LightningModule):
     def _generate(self, batch: PromptBatch) -> list[str]:
         if self.generation.backend == "hf":
             return generate(self.model, self.tokenizer, batch, self.generation, self._received_sigterm)
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            raise LitDFTError(
+                "model.generation.backend 'vllm' answers in validate/test/predict, not in fit's validations "
+                "(its engine would keep the weights it started with); use backend 'hf' with validate_benchmarks"
+            )
         if self._vllm is None:
             from lit_dft.vllm_generation import VLLMGenerator
 
-            if self._trainer is not None and self.trainer.state.fn == "fit":
-                raise LitDFTError(
-                    "model.generation.backend 'vllm' answers in validate/test/predict, not in fit's validations "
-                    "(its engine would keep the weights it started with); use backend 'hf' with validate_benchmarks"
-                )
             if self._trainer is not None and self.trainer.world_size > 1:
                 raise LitDFTError(
                     "model.generation.backend 'vllm' runs in one process (trainer.devices: 1); for several GPUs set "

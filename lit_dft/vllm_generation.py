@@ -56,10 +56,11 @@ class VLLMGenerator:
             )
         folder = tempfile.mkdtemp(prefix="lit_dft_vllm_")
         try:
-            export_pretrained(model, tokenizer, folder, lora=lora)
-            self.engine = self.vllm.LLM(model=folder, tokenizer=folder, seed=seed, **engine_args)
-        except (ValueError, RuntimeError) as error:  # out of memory, an unsupported architecture: vLLM's words
-            raise LitDFTError(f"vLLM could not start: {error}") from None
+            export_pretrained(model, tokenizer, folder, lora=lora)  # its own errors are one line already
+            try:
+                self.engine = self.vllm.LLM(model=folder, tokenizer=folder, seed=seed, **engine_args)
+            except (ValueError, RuntimeError, TypeError) as error:  # out of memory, a misspelled argument: vLLM's words
+                raise LitDFTError(f"vLLM could not start: {error}") from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # loaded: a 7B model's float32 copy need not stay on disk
 

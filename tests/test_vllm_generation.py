@@ -141,3 +141,6 @@ def test_settings_lit_dft_owns_or_fit_validations_are_refused(fake_vllm):
         module._generate(batch)
     module._trainer.state.fn = "test"
     assert len(module._generate(batch)) == 1 and fake_vllm.made
+    module._trainer.state.fn = "fit"  # an engine left from an evaluation is not used by a fit either
+    with pytest.raises(LitDFTError, match="not in fit's validations"):
+        module._generate(batch)

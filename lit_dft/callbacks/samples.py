@@ -72,7 +72,7 @@ class SampleWriter(Callback):
             self._predictions.extend(p for p in outputs if isinstance(p, Prediction))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        predictions, self._predictions = self._predictions, []
+        predictions = self._predictions  # kept until written: a failure on the way leaves them to on_exception
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             gathered: list[list[Prediction] | None] | None = (
                 [None] * trainer.world_size if dist.get_rank() == 0 else None
@@ -82,16 +82,23 @@ class SampleWriter(Callback):
         path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "samples.jsonl")  # every rank
         if trainer.is_global_zero:
             rank_zero_info(self._write(path, predictions, trainer, pl_module))
+            for stale in path.parent.glob(f"{path.stem}.partial.rank*{path.suffix}"):  # from an earlier, stopped run
+                stale.unlink()
+        self._predictions = []
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Stopped early (SIGTERM, Ctrl-C, an error): each rank writes the answers it has so far, filtered the same
         way, to ``<stem>.partial.rank<N>.jsonl`` beside ``path`` (``default_root_dir`` when None), without a
         collective (another rank may be gone), so hours of sampling are not lost."""
         predictions, self._predictions = self._predictions, []
-        if predictions:
-            path = Path(self.path or Path(trainer.default_root_dir) / "samples.jsonl")
-            path = path.with_name(f"{path.stem}.partial.rank{trainer.global_rank}{path.suffix}")
+        if not predictions:
+            return
+        path = Path(self.path or Path(trainer.default_root_dir) / "samples.jsonl")
+        path = path.with_name(f"{path.stem}.partial.rank{trainer.global_rank}{path.suffix}")
+        try:
             print(self._write(path, predictions, trainer, pl_module), file=sys.stderr)
+        except Exception as error:  # noqa: BLE001 - the run's own error is the one to report, and Lightning's exit
+            print(f"SampleWriter could not keep the answers so far in {path}: {error}", file=sys.stderr)
 
     def _write(self, path: Path, predictions: list[Prediction], trainer: Trainer, pl_module: LightningModule) -> str:
         kept, self.counts = sample_rows(predictions, self.keep, self.deduplicate)

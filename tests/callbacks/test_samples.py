@@ -141,3 +141,8 @@ def test_a_run_stopped_early_keeps_the_answers_it_has(tmp_path, monkeypatch):
     assert not (tmp_path / "samples.jsonl").exists()
     rows = [json.loads(line) for line in (tmp_path / "samples.partial.rank0.jsonl").open()]
     assert [r["id"] for r in rows] == calls[0] == ["0", "1", "2", "3"] and writer.counts["samples"] == 16
+    monkeypatch.setattr(lit_dft.module, "generate", answer)  # run again, to the end: the partial file goes
+    L.Trainer(accelerator="cpu", callbacks=[writer], logger=False, enable_progress_bar=False).predict(module, data)
+    module.checker.close()
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 8
+    assert not list(tmp_path.glob("*partial*"))
