@@ -154,7 +154,8 @@ def lit_dft_fit(setup: dict, shape: dict, tokenizer, rows: list[dict], batch: in
     module = RandomQwen(shape, tokenizer, loss="dft", loss_chunk_size=setup.get("chunk"))
     trainer = _trainer(accelerator, warmup + steps, [clock], precision=setup["precision"], **setup.get("trainer", {}))
     collate = PadCollator(tokenizer.pad_token_id)
-    data = DataLoader(rows, batch_size=batch, shuffle=False, collate_fn=collate)
+    pinned = torch.cuda.is_available()  # as MathDataModule's loaders on a GPU
+    data = DataLoader(rows, batch_size=batch, shuffle=False, collate_fn=collate, pin_memory=pinned)
     val = DataLoader(rows[:batch], batch_size=batch, collate_fn=collate) if setup.get("validate") else None
     trainer.fit(module, data, val)  # validation, if any, runs after the last timed step
     tokens = batch * len(rows[0]["input_ids"])

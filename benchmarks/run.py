@@ -24,6 +24,8 @@ BENCHMARKS = {
     "generation": "e. Evaluation: batched vs one-at-a-time generation, answer checks per second",
     "lora": "f. LoRA against full fine-tuning (DFT, same batch)",
     "continuous_batching": "g. Generation: padded batches vs continuous batching (same prompts)",
+    "large_vocab": "h. A 151,936-token vocabulary against TRL's SFTTrainer(loss_type='dft')",
+    "rank0_loading": "i. FSDP2 loading: every rank vs rank 0 only (a non-zero rank's peak host memory)",
 }
 OUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 

@@ -16,6 +16,7 @@ import json
 import math
 import tempfile
 import time
+from pathlib import Path
 
 from benchmarks.common import SHARED_DATA, markdown_table, median, peak_rss_mb, run_worker, save
 
@@ -47,14 +48,14 @@ class _Clock:
         }
 
 
-def _rows(n: int) -> list[dict]:
+def _rows(n: int, path: Path) -> list[dict]:
     from lit_dft.data.formatting import BOXED_INSTRUCTION
 
-    rows = [json.loads(line) for _, line in zip(range(n), GSM8K.open())]
+    rows = [json.loads(line) for _, line in zip(range(n), path.open())]
     return [{"question": r["question"] + "\n" + BOXED_INSTRUCTION, "solution": r["answer"]} for r in rows]
 
 
-def run_lit(model_name: str, steps: int) -> dict:
+def run_lit(model_name: str, steps: int, batch: int = BATCH, length: int = LENGTH, path: Path = GSM8K) -> dict:
     import lightning.pytorch as L
 
     from lit_dft.data import MathDataModule
@@ -71,11 +72,11 @@ def run_lit(model_name: str, steps: int) -> dict:
 
     data = MathDataModule(
         preset="gsm8k",
-        path=str(GSM8K),
+        path=str(path),
         tokenizer_name_or_path=model_name,
-        limit=BATCH * steps,
-        max_length=LENGTH,
-        batch_size=BATCH,
+        limit=batch * steps,
+        max_length=length,
+        batch_size=batch,
     )
     module = CausalLMModule(model_name, loss="dft")
     trainer = L.Trainer(
@@ -91,7 +92,7 @@ def run_lit(model_name: str, steps: int) -> dict:
     return clock.result()
 
 
-def run_trl(model_name: str, steps: int) -> dict:
+def run_trl(model_name: str, steps: int, batch: int = BATCH, length: int = LENGTH, path: Path = GSM8K) -> dict:
     import datasets
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -105,7 +106,7 @@ def run_trl(model_name: str, steps: int) -> dict:
         def on_step_begin(self, args, state, control, **kwargs):
             clock.begin()
 
-    rows = _rows(BATCH * steps)
+    rows = _rows(batch * steps, path)
     train = datasets.Dataset.from_list(
         [
             {
@@ -118,8 +119,8 @@ def run_trl(model_name: str, steps: int) -> dict:
     tokenizer = load_tokenizer(model_name)
     config = SFTConfig(
         output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=BATCH,
-        max_length=LENGTH,
+        per_device_train_batch_size=batch,
+        max_length=length,
         max_steps=steps,
         learning_rate=5e-5,
         adam_beta2=0.95,
@@ -158,6 +159,14 @@ def run_trl(model_name: str, steps: int) -> dict:
     trainer.add_callback(Tokens())
     trainer.train()
     return clock.result()
+
+
+def worker(
+    system: str, model_name: str, steps: str, batch: str = str(BATCH), length: str = str(LENGTH), path: str = str(GSM8K)
+) -> dict:
+    """One system's run, from the command line of a fresh process."""
+    run = run_lit if system == "lit_dft" else run_trl
+    return run(model_name, int(steps), int(batch), int(length), Path(path))
 
 
 def main(quick: bool = False) -> str:
@@ -203,11 +212,10 @@ def main(quick: bool = False) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", nargs=3, metavar=("SYSTEM", "MODEL", "STEPS"))
+    parser.add_argument("--worker", nargs="+", metavar="SYSTEM MODEL STEPS [BATCH LENGTH PATH]")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.worker:
-        system, model_name, steps = args.worker
-        print(json.dumps((run_lit if system == "lit_dft" else run_trl)(model_name, int(steps))))
+        print(json.dumps(worker(*args.worker)))
     else:
         print(main(args.quick))

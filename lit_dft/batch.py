@@ -22,12 +22,21 @@ _STEP_KEY = "token_outputs"  # where ``training_step``'s dict carries the output
 
 
 class _Movable:
-    """``.to(device)`` for a dataclass of tensors and plain values, which is how Lightning moves batches."""
+    """``.to(device)`` and ``.pin_memory()`` for a dataclass of tensors and plain values: Lightning moves batches
+    with the first, a DataLoader with ``pin_memory=True`` calls the second (it leaves dataclasses alone
+    otherwise). Copies to a GPU do not block the host, as Lightning's own for plain tensors (it passes
+    ``non_blocking`` to nothing else); from pinned memory they overlap with the device's work."""
+
+    def _map_tensors(self, function):
+        tensors = {f.name: v for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
+        return replace(self, **{name: function(v) for name, v in tensors.items()})
 
     def to(self, device: torch.device | str):
-        return replace(
-            self, **{f.name: v.to(device) for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
-        )
+        non_blocking = torch.device(device).type == "cuda"
+        return self._map_tensors(lambda v: v.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self):
+        return self._map_tensors(Tensor.pin_memory)
 
 
 @dataclass
@@ -43,11 +52,21 @@ class TrainingBatch(_Movable):
     reference_log_probs: Tensor | None = None
     """``(B, T)`` float32: a reference model's log-probability of each trained label, at the label's position (0
     elsewhere), read from the data (``MathDataModule.reference_log_probs_column``); None without that column."""
+    target_positions: Tensor | None = None
+    """``(N,)`` the flat indices into ``targets.flatten()`` of the trained positions, in batch order, computed by
+    the collator on the host: selecting the targets with them on a GPU needs no wait for the device, which a
+    boolean mask would (its count is unknown to the host). None: :meth:`positions` computes them."""
 
     @property
     def targets(self) -> Tensor:
         """``(B, T-1)``: the token each position predicts (the labels shifted left), ``IGNORE_INDEX`` where untrained."""
         return self.labels[:, 1:]
+
+    def positions(self) -> Tensor:
+        """``target_positions``, or the same indices from the labels (a batch built by hand)."""
+        if self.target_positions is not None:
+            return self.target_positions
+        return (self.targets.flatten() != IGNORE_INDEX).nonzero().flatten()
 
     @property
     def num_tokens(self) -> Tensor:
@@ -94,11 +113,20 @@ class TokenOutputs:
     """``(B, T-1)`` detached entropy (nats) of the next-token distribution at each position; 0 where masked."""
     target_kl: Tensor | None = None
     """``(B, T-1)`` detached ``KL(p_ref || p_theta)`` at each position for an objective with a KL term, else None."""
+    target_positions: Tensor | None = None
+    """``(N,)`` the flat indices of the ``target_mask`` positions in batch order (``TrainingBatch.target_positions``),
+    so that :meth:`select` needs no wait for the device; None: the mask is used."""
+
+    def select(self, per_position: Tensor) -> Tensor:
+        """The values of a ``(B, T-1)`` tensor at the target positions, flat, in batch order."""
+        if self.target_positions is None:
+            return per_position[self.target_mask]
+        return per_position.flatten().index_select(0, self.target_positions)
 
     @property
     def log_probs(self) -> Tensor:
         """The target tokens' log-probabilities, flat, in batch order."""
-        return self.target_log_probs[self.target_mask]
+        return self.select(self.target_log_probs)
 
     def step_output(self) -> dict[str, Any]:
         """``training_step``'s return value: Lightning back-propagates ``loss``; callbacks get these outputs (loss

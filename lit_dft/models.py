@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_dft.errors import LitDFTError
@@ -133,4 +134,38 @@ def load_model(
                 )
             except (OSError, ValueError) as error:
                 raise _hub_error(name, error) from None
+    return model.train()
+
+
+def load_model_on_rank0(
+    name: str, dtype: str | None = None, trust_remote_code: bool = False, vocab_size: int | None = None
+) -> PreTrainedModel:
+    """``load_model`` on global rank 0 only; every other rank builds the same architecture on the meta device.
+
+    Rank 0 sends its config, generation config and weights' dtypes, so that every rank builds and generates alike
+    and the others read no weights: not even a GGUF file's, which loading would dequantise. ``FSDP2Strategy``
+    fills their shards from rank 0 once the model is sharded. Needs the process group (``configure_model`` has it).
+    """
+    model, spec = None, [None]
+    if dist.get_rank() == 0:
+        try:
+            model = load_model(name, dtype, trust_remote_code, vocab_size)
+            dtypes = {key: tensor.dtype for key, tensor in model.state_dict().items()}
+            spec = [(model.config, model.generation_config, model.dtype, dtypes)]
+        except Exception as error:  # tell the others, who would wait for the config until the timeout
+            dist.broadcast_object_list([str(error) or repr(error)], src=0)
+            raise
+    dist.broadcast_object_list(spec, src=0)
+    if model is not None:
+        return model
+    if isinstance(spec[0], str):
+        raise LitDFTError(f"Global rank 0 could not load {name!r}: {spec[0]}")
+    config, generation_config, torch_dtype, dtypes = spec[0]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if set(dtypes) != set(model.state_dict()):
+        raise LitDFTError(f"{name!r} built from its config is not the model rank 0 loaded: set load_on_rank0: false")
+    for key, tensor in model.state_dict(keep_vars=True).items():  # from_pretrained's modules kept in float32
+        tensor.data = tensor.data.to(dtypes[key])
+    model.generation_config = generation_config
     return model.train()

@@ -24,10 +24,10 @@ from lit_dft.evaluation.checking import AnswerChecker
 from lit_dft.evaluation.metrics import MathAccuracy
 from lit_dft.generation import GenerationArgs, generate, score, special_token_ids
 from lit_dft.lora import LoraArgs, add_adapters, is_lora
-from lit_dft.models import EMBEDDED_MODEL, load_model, load_tokenizer
+from lit_dft.models import EMBEDDED_MODEL, load_model, load_model_on_rank0, load_tokenizer
 from lit_dft.objectives import DFT, ProtectSpecialTokens, TokenObjective, build_objective
 from lit_dft.optim import OptimizerArgs, configure_adamw
-from lit_dft.strategies import is_sharded
+from lit_dft.strategies import is_sharded, loads_on_rank0
 from lit_dft.token_loss import TokenLoss
 
 _PAPER_DFT = DFT()
@@ -97,6 +97,10 @@ class CausalLMModule(LightningModule):
             counted in ``train/skipped_steps``) or ``stop`` the run with a message.
         protect_special_tokens: train special and template tokens (EOS, end of turn) with SFT's loss whatever
             the objective, so that one that down-weights unlikely tokens still learns when to stop.
+        float32_matmul_precision: how float32 matrix products run (``torch.set_float32_matmul_precision``, set for
+            the process when the module is made, before Lightning sets up the device): ``high`` lets GPUs use TF32
+            tensor cores (a ``32-true`` run, the chunked loss's float32 products), ``highest`` keeps full float32,
+            ``medium`` allows bf16 (on CPUs too); ``None`` leaves the process's setting.
     """
 
     def __init__(
@@ -114,8 +118,11 @@ class CausalLMModule(LightningModule):
         protect_special_tokens: bool = False,
         reference: str | None = None,
         lora: LoraArgs = LoraArgs(),
+        float32_matmul_precision: Literal["highest", "high", "medium"] | None = "high",
     ) -> None:
         super().__init__()
+        if float32_matmul_precision is not None:
+            torch.set_float32_matmul_precision(float32_matmul_precision)
         # dicts from a checkpoint's hyperparameters (load_from_checkpoint) or a saved config become the dataclasses
         self.optimizer_args = OptimizerArgs(**optimizer) if isinstance(optimizer, dict) else optimizer
         self.generation = generation = GenerationArgs(**generation) if isinstance(generation, dict) else generation
@@ -171,9 +178,7 @@ class CausalLMModule(LightningModule):
         hp = self.hparams
         if self.model is None:
             self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
-            self.model = load_model(
-                hp.model_name_or_path, hp.dtype, hp.trust_remote_code, vocab_size=len(self.tokenizer)
-            )
+            self.model = self._load_model(hp.model_name_or_path)
             embeddings = self.model.get_input_embeddings().num_embeddings
             if embeddings < len(self.tokenizer):
                 raise LitDFTError(
@@ -203,13 +208,21 @@ class CausalLMModule(LightningModule):
         reference = self.model if self.lora.enabled and not from_data else self.reference_model  # LoRA: adapters off
         self.token_loss = TokenLoss(self.model, self.objective, hp.loss_chunk_size, special, reference)
 
+    def _load_model(self, name: str) -> PreTrainedModel:
+        """The model ``name``; under ``FSDP2Strategy(load_on_rank0=True)`` its weights on rank 0 only (the other ranks
+        hold it on the meta device, and get their shards from rank 0 when the strategy shards it)."""
+        hp = self.hparams
+        on_rank0 = self._trainer is not None and loads_on_rank0(self.trainer.strategy)
+        load = load_model_on_rank0 if on_rank0 else load_model
+        return load(name, hp.dtype, hp.trust_remote_code, vocab_size=len(self.tokenizer))
+
     def _reference(self) -> PreTrainedModel:
         """The frozen reference: a copy of the initial weights, or the model ``reference`` names."""
         hp = self.hparams
         if hp.reference is None:
             reference = copy.deepcopy(self.model)
         else:
-            reference = load_model(hp.reference, hp.dtype, hp.trust_remote_code, vocab_size=len(self.tokenizer))
+            reference = self._load_model(hp.reference)
             rows = reference.get_input_embeddings().num_embeddings
             if rows != self.model.get_input_embeddings().num_embeddings:
                 raise LitDFTError(
@@ -246,16 +259,17 @@ class CausalLMModule(LightningModule):
             "nll": -log_probs,
             "dft": _PAPER_DFT(log_probs),
             "target_prob": log_probs.exp(),
-            "entropy": out.target_entropy[out.target_mask],
+            "entropy": out.select(out.target_entropy),
         }
-        return stats | ({"kl_ref": out.target_kl[out.target_mask]} if out.target_kl is not None else {})
+        return stats | ({"kl_ref": out.select(out.target_kl)} if out.target_kl is not None else {})
 
     # ---- training --------------------------------------------------------------------------------
 
     def training_step(self, batch: TrainingBatch, batch_idx: int) -> dict[str, Any]:
         out = self.token_outputs(batch)
         stats = self._token_stats(out)
-        sums = [out.loss.detach()] + [value.sum() for value in stats.values()] + [out.target_mask.sum()]
+        tokens = stats["nll"].new_full((), stats["nll"].numel())  # a fill on the device, no copy from the host
+        sums = [out.loss.detach()] + [value.sum() for value in stats.values()] + [tokens]
         window = torch.stack([value.float() for value in sums])
         self._window = window if self._window is None else self._window + window
         return out.step_output()

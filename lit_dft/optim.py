@@ -33,7 +33,8 @@ def configure_adamw(params: Iterable[torch.nn.Parameter], args: OptimizerArgs, t
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=tuple(args.betas))
+    # fused: one kernel per step with no temporaries the size of the weights (the loop implementation's peak)
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=tuple(args.betas), fused=True)
     total = max(1, total_steps)
     warmup = math.ceil(args.warmup_ratio * total)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import chain
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
-from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from lightning.pytorch.strategies import ModelParallelStrategy, Strategy, StrategyRegistry
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn import Module
 from transformers import PreTrainedModel
@@ -75,6 +76,28 @@ def shard_decoder(
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=True if frozen else None)
 
 
+def _has_meta(module: Module) -> bool:
+    return any(t.is_meta for t in chain(module.parameters(), module.buffers()))
+
+
+def fill_from_rank0(model: Module, state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Fill a sharded model that all ranks but 0 built on the meta device with rank 0's weights (``state`` there,
+    ``{}`` elsewhere).
+
+    A collective. Each rank allocates its shards on ``device`` and copies in its slice of each weight as rank 0
+    broadcasts them one at a time, so no other rank ever holds the whole model. Tied weights are one parameter,
+    filled under each name, so they stay one. Buffers left out of the state dict (rotary ``inv_freq``) hold
+    garbage after ``to_empty``: rank 0 sends them as they are.
+    """
+    if _has_meta(model):
+        model.to_empty(device=device)
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for sub in model.modules():
+        for name in sorted(sub._non_persistent_buffers_set):  # sorted: set order differs between processes
+            if sub._buffers.get(name) is not None:
+                torch.distributed.broadcast(sub._buffers[name], src=0)
+
+
 class FSDP2Strategy(ModelParallelStrategy):
     """Fully sharded data parallel (FSDP2) over every process, applied to the LightningModule's Hugging Face model.
 
@@ -96,6 +119,10 @@ class FSDP2Strategy(ModelParallelStrategy):
             for big models); ``False``: rank 0 writes one full ``.ckpt`` file, which ``lit-dft export`` reads.
         process_group_backend: ``nccl`` or ``gloo``; ``None`` picks the device's default.
         timeout: how long a collective may wait for the other ranks.
+        load_on_rank0: with several processes, only global rank 0 reads the pretrained weights (into host
+            memory); the others build the model on the meta device and receive just their shards, one weight at
+            a time, after sharding. ``False``: every rank loads the whole model before sharding (host memory
+            for one full copy per process).
     """
 
     def __init__(
@@ -106,6 +133,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         save_distributed_checkpoint: bool = False,
         process_group_backend: str | None = None,
         timeout: timedelta | None = default_pg_timeout,
+        load_on_rank0: bool = True,
     ) -> None:
         super().__init__(
             tensor_parallel_size=1,
@@ -115,6 +143,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         )
         self.policy = MixedPrecisionPolicy(param_dtype=DTYPES.get(param_dtype), reduce_dtype=DTYPES.get(reduce_dtype))
         self.reshard_after_forward = reshard_after_forward
+        self.load_on_rank0 = load_on_rank0
 
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes  # one model sharded over all ranks
@@ -128,9 +157,28 @@ class FSDP2Strategy(ModelParallelStrategy):
             loop.inference_mode = False
         mesh = self.device_mesh["data_parallel"]
         for model in top_level_models(self.lightning_module):
-            if not isinstance(model, FSDPModule):  # fit then test: shard once
-                shard_decoder(model, mesh, self.policy, self.reshard_after_forward)
-        super().setup(trainer)
+            if isinstance(model, FSDPModule):  # fit then test: shard once
+                continue
+            from_rank0 = self._loaded_on_rank0(model)
+            state = model.state_dict() if from_rank0 and self.global_rank == 0 else {}  # freed once filled
+            shard_decoder(model, mesh, self.policy, self.reshard_after_forward)
+            if from_rank0:
+                fill_from_rank0(model, state, self.root_device)
+        super().setup(trainer)  # materialises what is still on the meta device (Lightning's meta-device init)
+
+    def _loaded_on_rank0(self, model: Module) -> bool:
+        """Whether ``model`` came from ``load_model_on_rank0``: real on rank 0, on the meta device elsewhere."""
+        if not loads_on_rank0(self):
+            return False
+        meta = [None] * self.world_size
+        torch.distributed.all_gather_object(meta, _has_meta(model))
+        return not meta[0] and any(meta)
+
+
+def loads_on_rank0(strategy: Strategy) -> bool:
+    """Whether ``configure_model`` loads the weights on rank 0 only: ``FSDP2Strategy(load_on_rank0=True)``, several
+    processes."""
+    return isinstance(strategy, FSDP2Strategy) and strategy.load_on_rank0 and strategy.world_size > 1
 
 
 def register_strategies() -> None:

@@ -11,6 +11,7 @@ linear cross-entropy kernels do), so backward costs no second projection.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -57,10 +58,10 @@ def target_log_probs_chunked(hidden: Tensor, weight: Tensor, targets: Tensor, ch
 
 
 def _sequence_mean(values: Tensor, sequence: Tensor) -> Tensor:
-    """Each value replaced by the mean of the values of its sequence (the same index in ``sequence``)."""
-    counts = torch.bincount(sequence)
-    sums = torch.zeros(counts.shape, dtype=values.dtype, device=values.device).index_add_(0, sequence, values)
-    return (sums / counts)[sequence]
+    """Each value replaced by the mean of the values of its sequence (the same index in ``sequence``, which is
+    below the number of values: no wait for the device to learn the largest index, as ``bincount`` would)."""
+    counts, sums = (torch.zeros_like(values).index_add_(0, sequence, v) for v in (torch.ones_like(values), values))
+    return sums.index_select(0, sequence) / counts.index_select(0, sequence)
 
 
 def _with_sequence_log_ratio(context: TokenContext, log_probs: Tensor, objective: TokenObjective) -> TokenContext:
@@ -193,6 +194,48 @@ def naive_objective_loss(
     return TokenTerms(loss + objective.kl_weight * kl_ref.sum(), log_probs.detach(), stats["entropy"], kl_ref.detach())
 
 
+def _loss_and_log_prob_grad(
+    objective: TokenObjective, log_probs: Tensor, context: TokenContext
+) -> tuple[Tensor, Tensor]:
+    """The summed loss of detached ``log_probs`` and its gradient with respect to each: in closed form where the
+    objective gives it, else by one autograd call."""
+    grad = objective.log_prob_grad(log_probs, context)
+    if grad is not None:
+        return objective(log_probs, context).sum(), grad
+    with torch.enable_grad():
+        leaf = log_probs.detach().requires_grad_()
+        loss = objective(leaf, context).sum()
+        (grad,) = torch.autograd.grad(loss, leaf)
+    return loss.detach(), grad
+
+
+@functools.cache
+def _adds_into_float32(device: str) -> bool:
+    """Whether this device's ``addmm`` takes half-precision factors and adds their product into a float32 tensor in
+    place (``out_dtype``; CUDA in recent torch): checked once on a 2 x 2 product, not assumed from a version."""
+    if not device.startswith("cuda"):
+        return False
+    total = torch.ones(2, 2, device=device)
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]], device=device, dtype=torch.bfloat16)
+    try:
+        torch.addmm(total, a, a, out_dtype=torch.float32, out=total)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return torch.equal(total.cpu(), torch.tensor([[8.0, 11.0], [16.0, 23.0]]))
+
+
+def _add_product(total: Tensor, a: Tensor, b: Tensor) -> None:
+    """``total += a @ b`` with ``total`` (the head gradient) summed in its own dtype and ``a``, ``b`` multiplied in
+    theirs (bf16 tensor cores under bf16-mixed; TF32 for float32 with ``float32_matmul_precision: high``), in place
+    where the device can (no temporary the size of ``total`` per chunk), else through one temporary."""
+    if a.dtype == total.dtype:
+        total.addmm_(a, b)
+    elif _adds_into_float32(str(total.device)):
+        torch.addmm(total, a, b, out_dtype=total.dtype, out=total)
+    else:
+        total += a @ b
+
+
 def _matmul_dtype(hidden: Tensor) -> torch.dtype:
     """Autocast's dtype when autocast is on (bf16 tensor cores under bf16-mixed), else the hidden states' dtype."""
     device = hidden.device.type
@@ -236,11 +279,10 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
                 chunk_log_probs, stats, exp_logits, sums = _distribution_terms(
                     _at_least_float32(h @ w.T), y, objective, reference_probs
                 )
-                with torch.enable_grad():
-                    leaf = chunk_log_probs.detach().requires_grad_()
-                    chunk_loss = objective(leaf, _objective_context(context[chunk], stats)).sum()
-                    (d_log_probs,) = torch.autograd.grad(chunk_loss, leaf)
-                loss_sum += chunk_loss.detach()
+                chunk_loss, d_log_probs = _loss_and_log_prob_grad(
+                    objective, chunk_log_probs, _objective_context(context[chunk], stats)
+                )
+                loss_sum += chunk_loss
                 log_probs[chunk] = chunk_log_probs
                 entropy[chunk] = stats["entropy"]
                 # d loss / d logits = g * (onehot - softmax) [+ kl_weight * (softmax - p_ref)], in the same buffer.
@@ -253,10 +295,8 @@ class _ChunkedObjectiveLoss(torch.autograd.Function):
                 grad_logits = grad_logits.to(matmul)
                 if grad_hidden is not None:
                     grad_hidden[chunk] = grad_logits @ w
-                if grad_weight is not None and matmul == grad_weight.dtype:
-                    grad_weight.addmm_(grad_logits.T, h)  # in place: no weight-sized temporary
-                elif grad_weight is not None:
-                    grad_weight += grad_logits.T @ h  # a tensor-core product, summed in float32
+                if grad_weight is not None:
+                    _add_product(grad_weight, grad_logits.T, h)
                 del exp_logits, grad_logits, reference_probs  # before the next chunk's logits exist
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
@@ -351,11 +391,35 @@ def chunked_objective_loss(
     return TokenTerms(loss, log_probs, entropy, kl_ref if reference is not None else None)
 
 
-def _per_position(values: Tensor, mask: Tensor) -> Tensor:
-    """Flat values of the target tokens back at their ``(B, T-1)`` positions, 0 elsewhere."""
-    per_position = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
-    per_position[mask] = values
-    return per_position
+class _Targets(NamedTuple):
+    """Where a batch's N target tokens are, as indices whose number the host knows: selecting with them needs no
+    wait for the device, as a boolean mask would."""
+
+    ids: Tensor
+    """``(N,)`` the target tokens."""
+    grid: Tensor
+    """``(N,)`` their flat indices in the ``(B, T-1)`` grid of targets."""
+    inputs: Tensor
+    """``(N,)`` the flat indices in the ``(B, T)`` inputs of the positions that predict them."""
+    examples: Tensor
+    """``(N,)`` the example each belongs to, numbered 0, 1, ... over the examples that have targets."""
+
+    @staticmethod
+    def of(batch: TrainingBatch) -> _Targets:
+        grid = batch.positions()
+        rows = grid // batch.targets.shape[1]
+        starts = torch.zeros_like(rows)
+        starts[1:] = rows[1:] != rows[:-1]  # the positions are in batch order
+        return _Targets(batch.targets.flatten().index_select(0, grid), grid, grid + rows, starts.cumsum(0))
+
+    def at(self, per_input: Tensor) -> Tensor:
+        """``(N, ...)``: the values of a ``(B, T, ...)`` tensor at the positions that predict the targets."""
+        return per_input.flatten(0, 1).index_select(0, self.inputs)
+
+    def on_grid(self, values: Tensor, grid: Tensor) -> Tensor:
+        """The ``(N,)`` values back at their places in a tensor shaped as ``grid``, 0 elsewhere."""
+        zeros = torch.zeros(grid.numel(), dtype=values.dtype, device=values.device)
+        return zeros.index_copy_(0, self.grid, values).view(grid.shape)
 
 
 @contextmanager
@@ -373,7 +437,7 @@ def _forward_with_hook(model: torch.nn.Module, inputs: dict, hook_fn: Any) -> No
     """``model``'s forward with ``hook_fn`` on its decoder's output, projecting no position to the vocabulary."""
     hook = decoder(model).register_forward_hook(hook_fn)
     try:
-        model(**inputs, logits_to_keep=_NO_POSITIONS.to(inputs["input_ids"].device))
+        model(**inputs, logits_to_keep=torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device))
     finally:
         hook.remove()
 
@@ -386,7 +450,6 @@ _SCALED_HEAD_KEYS = (
     "logits_soft_cap",
 )
 _HEAD_CHECK_TOLERANCE = 1e-2  # relative to the largest logit (bf16 rounding is 4e-3); scaled heads differ by more
-_NO_POSITIONS = torch.empty(0, dtype=torch.long)  # logits_to_keep: project no position to the vocabulary
 
 
 class TokenLoss:
@@ -434,31 +497,35 @@ class TokenLoss:
         """The loss sum, every target token's log-probability and next-token entropy (detached, >= float32)."""
         if self.chunked is None:
             self.chunked = self._can_chunk(batch.input_ids.device)
-        targets = batch.targets
-        mask = targets != IGNORE_INDEX
-        context = self._target_context(batch, mask)
-        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+        targets = _Targets.of(batch)
+        context = self._target_context(batch, targets)
+        # No attention mask: the examples are padded on the right, so causal attention alone keeps every target's
+        # position from seeing padding, and the model neither builds a mask nor waits for the device to learn
+        # whether one is needed (Hugging Face's SDPA check); fused causal attention kernels apply.
+        inputs = {"input_ids": batch.input_ids, "attention_mask": None, "use_cache": False}
         if self.chunked:
-            terms = self._chunked(inputs, mask, targets[mask], context)
+            terms = self._chunked(inputs, targets, context)
         else:
-            logits = self.model(**inputs).logits[:, :-1][mask]
+            logits = targets.at(self.model(**inputs).logits)
             reference_logits = None
             if self.reference is not None:
                 with torch.no_grad(), self._reference_mode():
-                    reference_logits = self.reference(**inputs).logits[:, :-1][mask]
+                    reference_logits = targets.at(self.reference(**inputs).logits)
                 if self.objective.needs & REFERENCE_FIELDS:
-                    reference_log_probs = target_log_probs_from_logits(reference_logits, targets[mask])
+                    reference_log_probs = target_log_probs_from_logits(reference_logits, targets.ids)
                     context = replace(context, reference_log_probs=reference_log_probs)
                 if self.objective.kl_weight == 0:
                     reference_logits = None
-            terms = naive_objective_loss(logits, targets[mask], self.objective, context, reference_logits)
+            terms = naive_objective_loss(logits, targets.ids, self.objective, context, reference_logits)
+        grid = batch.targets
         return TokenOutputs(
             terms.loss,
-            _per_position(terms.log_probs, mask),
-            mask,
-            targets,
-            _per_position(terms.entropy, mask),
-            None if terms.kl_ref is None else _per_position(terms.kl_ref, mask),
+            targets.on_grid(terms.log_probs, grid),
+            grid != IGNORE_INDEX,
+            grid,
+            targets.on_grid(terms.entropy, grid),
+            None if terms.kl_ref is None else targets.on_grid(terms.kl_ref, grid),
+            targets.grid,
         )
 
     @contextmanager
@@ -471,12 +538,14 @@ class TokenLoss:
             else:
                 yield
 
-    def _target_context(self, batch: TrainingBatch, mask: Tensor) -> TokenContext:
+    def _target_context(self, batch: TrainingBatch, targets: _Targets) -> TokenContext:
         """The context fields that come from the batch alone, if the objective needs them: whether each target is
         special, its example, and the data's reference log-probabilities (without a reference model)."""
-        needs, targets = self.objective.needs, batch.targets[mask]
-        special = torch.isin(targets, self.special_ids.to(targets.device)) if "special" in needs else None
-        sequence = mask.nonzero()[:, 0] if needs & {"sequence", "sequence_log_ratio"} else None
+        needs, ids = self.objective.needs, targets.ids
+        if "special" in needs and self.special_ids.device != ids.device:
+            self.special_ids = self.special_ids.to(ids.device)  # once: a copy from the host waits for the device
+        special = torch.isin(ids, self.special_ids) if "special" in needs else None
+        sequence = targets.examples if needs & {"sequence", "sequence_log_ratio"} else None
         reference_log_probs = None
         if batch.reference_log_probs is not None and self.reference is not None:
             remedy = (
@@ -494,7 +563,8 @@ class TokenLoss:
                     f"{self.objective!r} needs the reference's log-probabilities and model.reference is 'data', "
                     "but the batches carry none: set data.reference_log_probs_column"
                 )
-            reference_log_probs = batch.reference_log_probs[:, 1:][mask]
+            # the data gives each label's value at the label's position, one after the position that predicts it
+            reference_log_probs = batch.reference_log_probs.flatten().index_select(0, targets.inputs + 1)
         elif batch.reference_log_probs is not None and not self._warned_unused_reference:
             self._warned_unused_reference = True
             rank_zero_warn(
@@ -503,7 +573,7 @@ class TokenLoss:
             )
         return TokenContext(special=special, sequence=sequence, reference_log_probs=reference_log_probs)
 
-    def _chunked(self, inputs: dict, mask: Tensor, targets: Tensor, context: TokenContext) -> TokenTerms:
+    def _chunked(self, inputs: dict, targets: _Targets, context: TokenContext) -> TokenTerms:
         """Computed inside the model's own forward with no position projected by the model: a hook on
         ``base_model`` takes the final hidden states while the top-level forward runs, so under FSDP the root
         unit (output head included) is gathered then and its gradient is reduced by FSDP's own hooks. With a
@@ -515,31 +585,32 @@ class TokenLoss:
         if self.shared_reference:
             with torch.no_grad(), self._reference_mode():
                 _forward_with_hook(self.model, inputs, lambda m, a, output: reference_hidden.append(output[0]))
+        ids = targets.ids
 
         def loss(hidden: Tensor, weight: Tensor, reference: tuple[Tensor, Tensor] | None) -> TokenTerms:
             """The loss from the policy's and the reference's final hidden states and heads."""
             context_here = context
             if reference is not None and self.objective.needs & REFERENCE_FIELDS:
-                reference_log_probs = target_log_probs_chunked(*reference, targets, self.chunk_size)
+                reference_log_probs = target_log_probs_chunked(*reference, ids, self.chunk_size)
                 context_here = replace(context, reference_log_probs=reference_log_probs)
             kl_reference = reference if self.objective.kl_weight > 0 else None
             return chunked_objective_loss(
-                hidden, weight, targets, self.objective, self.chunk_size, context_here, kl_reference
+                hidden, weight, ids, self.objective, self.chunk_size, context_here, kl_reference
             )
 
         def loss_from_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
-            hidden = output[0][:, :-1][mask]
+            hidden = targets.at(output[0])
             weight = self.model.get_output_embeddings().weight
             if self.reference is None:
                 results.append(loss(hidden, weight, None))
                 return
             if self.shared_reference:
-                results.append(loss(hidden, weight, (reference_hidden[0][:, :-1][mask], weight.detach())))
+                results.append(loss(hidden, weight, (targets.at(reference_hidden[0]), weight.detach())))
                 return
 
             def with_reference(module: torch.nn.Module, args: Any, output: Any) -> None:
                 reference_head = self.reference.get_output_embeddings().weight.detach()
-                results.append(loss(hidden, weight, (output[0][:, :-1][mask].detach(), reference_head)))
+                results.append(loss(hidden, weight, (targets.at(output[0]).detach(), reference_head)))
 
             with _eval_mode(self.reference):
                 _forward_with_hook(self.reference, inputs, with_reference)

@@ -1,11 +1,15 @@
 import math
+import traceback
 import warnings
+from dataclasses import replace
 
 import lightning.pytorch as L
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lit_dft.batch import TokenOutputs
+from lit_dft.callbacks import TokenProbabilityHistogram
 from lit_dft.objectives import OBJECTIVES, ProbPower, ProbThreshold, build_objective
 from tests.helpers import MICRO_LORA, MicroModule, SGDModule, loader, quiet_trainer, randomise_adapters, uneven_rows
 
@@ -182,8 +186,8 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(loss, lora
 def test_batch_without_target_tokens_gives_zero_loss_and_zero_gradient():
     module = MicroModule(loss="dft")
     module.configure_model()
-    batch = next(iter(loader(uneven_rows(2), 2)))
-    batch.labels[:] = -100
+    rows = [row | {"counted": False} for row in uneven_rows(2)]  # padding rows: no labels
+    batch = next(iter(loader(rows, 2)))
     out = module.token_outputs(batch)
     out.loss.backward()
     assert out.loss.item() == 0.0 and not out.target_mask.any() and out.log_probs.numel() == 0
@@ -417,3 +421,59 @@ def test_iw_sft_builds_a_frozen_reference_unless_the_data_gives_its_log_probs():
     assert with_model.token_loss.reference is with_model.reference_model is not None
     assert not any(p.requires_grad for p in with_model.reference_model.parameters())
     assert from_data.reference_model is None and from_data.token_loss.reference is None
+
+
+class _HostWaits(TorchDispatchMode):
+    """Records the operations that make the host wait for the device on a GPU: reading a value (``.item()``,
+    ``float()``, a Python ``if`` on a tensor), a boolean mask (its count), ``nonzero`` and ``bincount``; except
+    the one of Hugging Face's mask preparation, which checks every forward whether the batch is packed."""
+
+    WAITING = {"nonzero", "_local_scalar_dense", "bincount", "masked_select", "is_nonzero", "equal"}
+    INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        masks = name in self.INDEXING and any(getattr(i, "dtype", None) == torch.bool for i in args[1] if i is not None)
+        if (name in self.WAITING or masks) and not any(
+            frame.filename.endswith("transformers/masking_utils.py") for frame in traceback.extract_stack()
+        ):
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("chunk", [0, 8], ids=["full_logits", "chunked"])
+@pytest.mark.parametrize("loss", ["asft", "deft", "dft", "eaft", "iw_sft"])  # each kind of context: none, the
+def test_a_training_step_never_waits_for_the_device(loss, chunk):  # distribution's, top-K, a reference, examples
+    """Forward, loss, backward and the histogram's counting of a micro-batch run without one host-device sync
+    (the one per optimiser step, for the all-reduced token count, is the step's). A CPU cannot measure a sync,
+    so the operations that cause one on a GPU are recorded instead."""
+    module = MicroModule(loss=loss, loss_chunk_size=chunk)
+    module.configure_model()
+    histogram = TokenProbabilityHistogram()
+    batch = next(iter(loader(uneven_rows(4), 4)))
+    histogram._count(module, module.token_outputs(batch))  # the first call checks the head and builds tables
+    with _HostWaits() as waits:
+        step = module.training_step(batch, 0)
+        step["loss"].backward()
+        histogram._count(module, TokenOutputs.of(step))
+    assert waits.found == []
+    with _HostWaits() as waits:  # the recorder sees what a batch without host-computed positions costs
+        module.token_outputs(replace(batch, target_positions=None))
+    assert "nonzero" in waits.found
+
+
+def test_float32_matmul_precision_is_set_for_the_process_when_the_module_is_made():
+    before = torch.get_float32_matmul_precision()
+    try:
+        MicroModule(float32_matmul_precision="medium")
+        assert torch.get_float32_matmul_precision() == "medium"
+        MicroModule(float32_matmul_precision=None)
+        assert torch.get_float32_matmul_precision() == "medium"  # None leaves the process's setting
+        MicroModule()
+        assert torch.get_float32_matmul_precision() == "high"  # the default: TF32 tensor cores on GPUs
+    finally:
+        torch.set_float32_matmul_precision(before)

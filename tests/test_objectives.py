@@ -9,6 +9,8 @@ from lit_dft.objectives import (
     DFT,
     OBJECTIVES,
     SFT,
+    Focal,
+    ProbThreshold,
     ProtectSpecialTokens,
     TokenContext,
     TokenObjective,
@@ -210,3 +212,41 @@ def test_focal_has_a_finite_gradient_on_a_certain_token(gamma):
     log_probs = torch.tensor([0.0, -1e-9, -2.0], requires_grad=True)  # p = 1 exactly, as float32 gives
     Focal(gamma=gamma)(log_probs).sum().backward()
     assert torch.isfinite(log_probs.grad).all()
+
+
+_CLOSED_FORM_CASES = [build_objective(name) for name in sorted(OBJECTIVES)] + [
+    DFT(alpha=0.5, min_weight=0.1),
+    Focal(gamma=0.5),  # a power below 1: the floor near p = 1 matters
+    ProbThreshold(keep="below", loss="log_prob"),
+    ProtectSpecialTokens(DFT()),
+]
+
+
+@pytest.mark.parametrize("objective", _CLOSED_FORM_CASES, ids=repr)
+def test_closed_form_log_prob_gradient_equals_autograd(objective):
+    """The chunked loss uses ``log_prob_grad`` instead of autograd: it must be autograd's derivative everywhere,
+    certain tokens (p = 1) and very unlikely ones included."""
+    g = torch.Generator().manual_seed(5)
+    log_probs = torch.cat([torch.tensor([0.0, -1e-12, -40.0]), -torch.rand(61, generator=g) * 6]).double()
+    n = len(log_probs)
+    context = TokenContext(
+        topk_entropy=torch.rand(n, generator=g, dtype=torch.float64) * 4,
+        sum_sq_probs=torch.rand(n, generator=g, dtype=torch.float64) * 0.9 + 0.05,
+        special=torch.arange(n) % 5 == 0,
+        sequence_log_ratio=torch.randn(n, generator=g, dtype=torch.float64) * 2,
+    )
+    leaf = log_probs.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(objective(leaf, context).sum(), leaf)
+    closed_form = objective.log_prob_grad(log_probs, context)
+    assert closed_form is not None, "every built-in objective gives its derivative in closed form"
+    torch.testing.assert_close(closed_form, expected, rtol=1e-12, atol=1e-12)
+    assert expected.abs().max() > 1e-3
+
+
+def test_an_objective_without_a_closed_form_has_none():
+    class Squared(TokenObjective):
+        def token_loss(self, target_log_probs):
+            return target_log_probs**2
+
+    assert Squared().log_prob_grad(torch.zeros(3)) is None
+    assert ProtectSpecialTokens(Squared()).log_prob_grad(torch.zeros(3), TokenContext(special=torch.ones(3))) is None

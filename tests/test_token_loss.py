@@ -3,15 +3,34 @@ import torch
 from transformers import LlamaForCausalLM
 
 from lit_dft.batch import IGNORE_INDEX, TrainingBatch
-from lit_dft.objectives import DFT, EAFT, IWSFT, OBJECTIVES, ProtectSpecialTokens, TokenContext, build_objective
+from lit_dft.objectives import (
+    DFT,
+    EAFT,
+    IWSFT,
+    OBJECTIVES,
+    ProtectSpecialTokens,
+    TokenContext,
+    TokenObjective,
+    build_objective,
+)
 from lit_dft.token_loss import TokenLoss, chunked_objective_loss, naive_objective_loss
 from tests.conftest import micro_llama
+
+
+class _UserObjective(TokenObjective):
+    """An objective as a user writes one, with no closed-form derivative: the chunked loss differentiates it."""
+
+    def token_loss(self, target_log_probs):
+        return -torch.sigmoid(3.0 * target_log_probs + 1.0)
+
 
 OBJECTIVE_CASES = [build_objective(name) for name in sorted(OBJECTIVES)] + [
     DFT(alpha=0.5, min_weight=0.1),
     EAFT(top_k=5, alpha=2.0),
     IWSFT(temperature=2.0, max_weight=4.0),  # one example's weight clipped
     ProtectSpecialTokens(DFT()),
+    _UserObjective(),
+    ProtectSpecialTokens(_UserObjective()),
 ]
 
 
@@ -75,6 +94,16 @@ def test_chunked_bf16_is_close_to_float32_reference(objective):
     torch.testing.assert_close(log_probs, ref_lp, rtol=5e-2, atol=5e-2)
     torch.testing.assert_close(grad_h.float(), ref_gh, rtol=5e-2, atol=2e-2)
     torch.testing.assert_close(grad_w.float(), ref_gw, rtol=5e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_chunked_gradient_of_a_built_in_objective_needs_no_autograd_call(name, monkeypatch):
+    """Each chunk's loss derivative comes in closed form (one autograd engine call per chunk was the cost)."""
+    hidden, weight, targets = _problem()
+    expected = _naive(hidden, weight, targets, build_objective(name))
+    monkeypatch.setattr(torch.autograd, "grad", _fail_if_called)
+    actual = _chunked(hidden, weight, targets, build_objective(name), 8)
+    torch.testing.assert_close(actual[4], expected[4], rtol=1e-5, atol=1e-5)
 
 
 def test_chunked_handles_no_target_tokens():
@@ -296,3 +325,21 @@ def test_top_values_equal_topk_with_ties_and_a_partial_last_block(width, k):
     rows[2, :] = float("-inf")  # a masked vocabulary but for a few entries
     rows[2, ::97] = torch.randn(len(range(0, width, 97)), generator=g)
     torch.testing.assert_close(_top_values(rows, k), rows.topk(k, dim=1).values, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("factors", [torch.float32, torch.bfloat16])
+def test_head_gradient_sums_each_chunk_s_product_in_its_own_dtype(factors):
+    """The head gradient stays float32 while each chunk's product runs in the matmul dtype (bf16 under bf16-mixed):
+    in place where the device can add a half-precision product into float32 (CUDA), else through a temporary."""
+    from lit_dft.token_loss import _add_product, _adds_into_float32
+
+    g = torch.Generator().manual_seed(0)
+    total = torch.randn(7, 5, generator=g)
+    a, b = torch.randn(7, 3, generator=g).to(factors), torch.randn(3, 5, generator=g).to(factors)
+    expected = total.double() + a.double() @ b.double()
+    storage = total.data_ptr()
+    _add_product(total, a, b)
+    assert total.dtype == torch.float32 and total.data_ptr() == storage
+    tolerance = 1e-5 if factors == torch.float32 else 2e-2  # a bf16 product is rounded to 8 bits
+    torch.testing.assert_close(total.double(), expected, rtol=tolerance, atol=tolerance)
+    assert not _adds_into_float32("cpu")  # a CPU has no such product: the temporary path

@@ -33,9 +33,9 @@ class _CategorisedCounts(Callback):
     def _count(self, pl_module: LightningModule, outputs: TokenOutputs) -> None:
         if self._table is None:
             self._table = self.categories.table(pl_module.tokenizer).to(pl_module.device)
-        targets = outputs.target_ids[outputs.target_mask]
+        targets = outputs.select(outputs.target_ids)
         categories = self._table[targets.clamp(max=len(self._table) - 1)]
-        self._counts(pl_module).add(outputs.log_probs, categories, outputs.target_entropy[outputs.target_mask])
+        self._counts(pl_module).add(outputs.log_probs, categories, outputs.select(outputs.target_entropy))
 
     def _log(self, trainer: Trainer, prefix: str, step: int) -> None:
         counts, joint = self.stats.reduced(trainer)

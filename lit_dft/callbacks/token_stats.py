@@ -77,9 +77,15 @@ def _compile(name: str, rule: str) -> re.Pattern:
         raise LitDFTError(f"Token category {name!r}: {rule!r} is not a regular expression ({error})") from None
 
 
-def _bucket(values: Tensor, edges: Tensor) -> Tensor:
-    """Index of the bin of each value; values outside go to the first or last bin."""
-    return (torch.bucketize(values, edges[1:-1].to(values), right=True)).clamp(0, len(edges) - 2)
+def _bucket(values: Tensor, inner_edges: Tensor) -> Tensor:
+    """Index of the bin of each value, given the edges between bins; values outside go to the first or last bin."""
+    return torch.bucketize(values, inner_edges, right=True)
+
+
+def _count_into(counts: Tensor, flat_bins: Tensor) -> None:
+    """Add one to ``counts`` (viewed flat) at each bin index: ``bincount`` would, but on a GPU it waits for the
+    device to learn the largest index."""
+    counts.view(-1).index_add_(0, flat_bins, torch.ones(flat_bins.shape, dtype=counts.dtype, device=counts.device))
 
 
 class ProbabilityCounts:
@@ -93,28 +99,31 @@ class ProbabilityCounts:
         self.joint = torch.zeros(
             len(JOINT_PROB_EDGES) - 1, len(JOINT_ENTROPY_EDGES) - 1, dtype=torch.float64, device=device
         )
-        self._paper_edges = torch.tensor(PAPER_BINS, dtype=torch.float64)
+        # on the device once: a copy from the host at every step would wait for the device
+        edges = (PROB_EDGES, LOG10_EDGES, torch.tensor(PAPER_BINS), JOINT_PROB_EDGES, JOINT_ENTROPY_EDGES)
+        self._inner_edges = [e[1:-1].to(device, torch.float64) for e in edges]
+        self._offsets = torch.tensor([0, self.sizes[0], self.sizes[0] + self.sizes[1]], device=device)
 
     def add(self, log_probs: Tensor, category: Tensor, entropy: Tensor) -> None:
-        joint = _bucket(log_probs.detach().double().exp(), JOINT_PROB_EDGES.double()) * self.joint.shape[1]
-        joint += _bucket(entropy.detach().double(), JOINT_ENTROPY_EDGES.double())
-        self.joint += torch.bincount(joint, minlength=self.joint.numel()).view_as(self.joint).to(self.joint)
+        prob_edges, log10_edges, paper_edges, joint_prob_edges, joint_entropy_edges = self._inner_edges
         log_probs = log_probs.detach().double()
         probs = log_probs.exp()
-        offsets = torch.tensor([0, self.sizes[0], self.sizes[0] + self.sizes[1]], device=probs.device)
+        joint = _bucket(probs, joint_prob_edges) * self.joint.shape[1]
+        joint += _bucket(entropy.detach().double(), joint_entropy_edges)
+        _count_into(self.joint, joint)
         bins = (
             torch.stack(
                 [
-                    _bucket(probs, PROB_EDGES.double()),
-                    _bucket(log_probs / math.log(10), LOG10_EDGES.double()),
-                    _bucket(probs, self._paper_edges),
+                    _bucket(probs, prob_edges),
+                    _bucket(log_probs / math.log(10), log10_edges),
+                    _bucket(probs, paper_edges),
                 ]
             )
-            + offsets[:, None]
+            + self._offsets[:, None]
         )
         width = self.counts.shape[1]
         flat = (category[None, :] * width + bins).flatten()
-        self.counts += torch.bincount(flat, minlength=self.counts.numel()).view_as(self.counts).to(self.counts)
+        _count_into(self.counts, flat)
         self.counts[:, -1] += torch.zeros(len(self.categories), dtype=torch.float64, device=probs.device).index_add_(
             0, category, probs
         )

@@ -36,7 +36,8 @@ class PadCollator:
                 labels[i, row["prompt_length"] : len(ids)] = ids[row["prompt_length"] :]
             if with_reference:
                 reference[i, row["prompt_length"] : len(ids)] = torch.as_tensor(row["reference_log_probs"])
-        return TrainingBatch(input_ids, attention_mask, labels, reference)
+        positions = (labels[:, 1:].flatten() != IGNORE_INDEX).nonzero().flatten()
+        return TrainingBatch(input_ids, attention_mask, labels, reference, positions)
 
 
 @dataclass

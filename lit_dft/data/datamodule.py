@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import datasets
 import torch
+from datasets.fingerprint import Hasher
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
@@ -26,6 +31,20 @@ _MODEL_COLUMNS = ["input_ids", "prompt_length"]
 _REFERENCE = "reference_log_probs"  # the column the reference log-probabilities are carried in, once read
 _ROUNDING = 1e-4  # a log-probability this far above 0 is another engine's rounding of 0
 _ID_COLUMNS = ("id", "unique_id", "idx", "identifier")
+_FIT_STAGES = (None, "fit", "validate")  # the stages that read the training data (and its validation split)
+
+
+def _code_digest(*code) -> str:
+    """A digest of the source files of ``code``. ``datasets`` hashes an importable function by its name, not its
+    code, so without this an edited reader or prompt would keep loading the tokens cached before the edit."""
+    files = sorted({inspect.getfile(obj) for obj in code})
+    return hashlib.sha256(b"".join(Path(file).read_bytes() for file in files)).hexdigest()
+
+
+def _fingerprint(rows: datasets.Dataset, *settings) -> str:
+    """The ``datasets`` fingerprint (and so the cache file) of ``rows`` transformed with ``settings`` by this code:
+    the same in every process, so one process's cached result is every other's."""
+    return Hasher.hash([rows._fingerprint, _CODE, *settings])
 
 
 @dataclass
@@ -99,9 +118,20 @@ def _encode_rows(
     return out
 
 
+_CODE = _code_digest(_read_training_row, read_row, _encode_rows, PromptFormatter, gsm8k_to_boxed)
+"""The code that turns raw rows into tokens: a part of every cached result's key."""
+
+
 @dataclass
 class MathDataModule(LightningDataModule):
-    """Math problems with reference solutions, tokenised once and batched with the prompt masked."""
+    """Math problems with reference solutions, tokenised once and batched with the prompt masked.
+
+    ``prepare_data`` (one process per node) reads, normalises and tokenises the training data into the ``datasets``
+    cache, next to the rows ``datasets`` read from a local file or the hub; ``setup`` on the other ranks then loads
+    those files instead of tokenising again. Rows a package builds in memory (CHAMP's) have no cache file: every rank
+    tokenises them in ``setup``. Cached tokens are keyed by the rows, every setting that changes them, the tokenizer
+    and the code that makes them, so a change of any of these tokenises afresh.
+    """
 
     preset: str | Preset = "champ"
     """A preset name (champ, gsm8k, math500, minerva_math, olympiadbench, aime24, amc23, numina, math,
@@ -165,6 +195,7 @@ class MathDataModule(LightningDataModule):
         super().__init__()
         self._preset = resolve_preset(self.preset)
         self.tokenizer = None
+        self._raw_rows: datasets.Dataset | None = None  # read by prepare_data, held in memory: for setup
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
         self.eval_data: dict[str, list[dict]] | None = None
@@ -184,11 +215,13 @@ class MathDataModule(LightningDataModule):
             raise LitDFTError(
                 f"{source}: missing column(s) {', '.join(missing)}; the columns are: {', '.join(raw.column_names)}"
             )
+        options = {"preset": self._preset, "reference_column": self.reference_log_probs_column}
         rows = raw.map(
             _read_training_row,
-            fn_kwargs={"preset": self._preset, "reference_column": self.reference_log_probs_column},
+            fn_kwargs=options,
             remove_columns=raw.column_names,
             num_proc=self.num_proc,
+            new_fingerprint=_fingerprint(raw, "rows", options),
         )
         self.report["rows"] = self.report.get("rows", 0) + len(rows)
         for reason, count in Counter(rows["skip"]).items():
@@ -199,7 +232,14 @@ class MathDataModule(LightningDataModule):
     def _tokenise(self, rows: datasets.Dataset) -> datasets.Dataset:
         options = {"formatter": self.formatter, "max_length": self.max_length, "overlong": self.overlong}
         options["rewrite_gsm8k"] = self.boxed_answers and self._preset.answer_format == "gsm8k"
-        tokens = rows.map(_encode_rows, batched=True, fn_kwargs=options, num_proc=self.num_proc)
+        settings = {**options, "formatter": self._formatter_key}
+        tokens = rows.map(
+            _encode_rows,
+            batched=True,
+            fn_kwargs=options,
+            num_proc=self.num_proc,
+            new_fingerprint=_fingerprint(rows, "tokens", settings),
+        )
         for status, count in Counter(tokens["status"]).items():
             if status != "ok":
                 self.report[status] = self.report.get(status, 0) + count
@@ -207,25 +247,48 @@ class MathDataModule(LightningDataModule):
 
     # ---- LightningDataModule -----------------------------------------------------------------------
 
+    def prepare_data(self) -> None:
+        """Read, normalise and tokenise the training data once per node: Lightning calls this on local rank 0 while
+        the other ranks wait, whose ``setup`` then loads the result from the ``datasets`` cache. This process keeps
+        it, so a single process does the work once. Rows held in memory are only read: each rank tokenises them."""
+        stage = self.trainer.state.fn if self.trainer is not None else None
+        self._load_tokenizer()  # a hub download or GGUF conversion, once per node too
+        if stage not in _FIT_STAGES or self.train_set is not None:
+            return
+        raw = self._read_training_rows()
+        if raw.cache_files and datasets.is_caching_enabled():
+            self._setup_training(raw)
+        else:  # nothing to share: every rank tokenises in setup, all at once rather than after this one
+            self._raw_rows = raw
+
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
-            self.formatter = PromptFormatter(self.tokenizer, self.prompt_style, self.system_prompt, self.instruction)
-        if stage in (None, "fit", "validate") and self.train_set is None:
-            self._setup_training()
-        wants_benchmarks = stage in ("test", "predict") or (
-            self.validate_benchmarks and stage in (None, "fit", "validate")
-        )
+        self._load_tokenizer()
+        if stage in _FIT_STAGES and self.train_set is None:
+            raw, self._raw_rows = self._raw_rows, None
+            self._setup_training(raw if raw is not None else self._read_training_rows())
+        wants_benchmarks = stage in ("test", "predict") or (self.validate_benchmarks and stage in _FIT_STAGES)
         if wants_benchmarks and self.eval_data is None:
             self._setup_benchmarks()
 
-    def _setup_training(self) -> None:
+    def _load_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
+            self.formatter = PromptFormatter(self.tokenizer, self.prompt_style, self.system_prompt, self.instruction)
+            try:  # the tokenizer, chat template, prompt style and texts: hashed before use, which may change its state
+                self._formatter_key = Hasher.hash(self.formatter)
+            except Exception:  # noqa: BLE001 - unhashable: as datasets does, a random key (tokenised on every rank)
+                self._formatter_key = uuid.uuid4().hex
+
+    def _read_training_rows(self) -> datasets.Dataset:
         if self._preset.solution is None and not self._preset.messages:
             raise LitDFTError(
                 f"Preset {self.preset!r} has no reference solutions to train on; it is for evaluation only"
             )
+        return load_rows(self.path, self._preset, f"Preset {self._label}")
+
+    def _setup_training(self, raw: datasets.Dataset) -> None:
         source = self.path or str(self.preset)
-        rows = self._normalise(load_rows(self.path, self._preset, f"Preset {self._label}"), source)
+        rows = self._normalise(raw, source)
         if len(rows) == 0:
             raise LitDFTError(f"{source}: no training examples left after filtering ({self._summary()})")
         if self.limit is not None and self.limit < len(rows):
@@ -301,6 +364,12 @@ class MathDataModule(LightningDataModule):
     def _summary(self) -> str:
         return ", ".join(f"{k}: {v}" for k, v in self.report.items() if k.startswith(("rows", "skipped", "dropped")))
 
+    @property
+    def _pin_memory(self) -> bool:
+        """Pin batches in page-locked host memory when they go to a CUDA device: the copy there is then asynchronous.
+        On the CPU pinning would only cost a copy."""
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
     def _loader(self, dataset, batch_size: int, sampler=None, loader_class=DataLoader) -> DataLoader:
         return loader_class(
             dataset,
@@ -308,6 +377,7 @@ class MathDataModule(LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=PadCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of),
+            pin_memory=self._pin_memory,
         )
 
     def _ranks(self) -> tuple[int, int]:
@@ -343,6 +413,7 @@ class MathDataModule(LightningDataModule):
                 sampler=PaddedShards(len(problems), *self._ranks()),
                 num_workers=self.num_workers,
                 collate_fn=PromptCollator(self.tokenizer.pad_token_id, label, self._significant_figures[label]),
+                pin_memory=self._pin_memory,
             )
             for label, problems in self.eval_data.items()
         ]

@@ -4,6 +4,13 @@ math-verify times out through ``signal.alarm``, which only works in the main thr
 timeouts are switched off here; instead each check runs in a separate worker process that is killed
 and replaced when it overruns, so a pathological expression can neither hang evaluation nor fail
 inside DataLoader workers or threads.
+
+The worker is forked while that is safe. Once CUDA is initialised (GPU training and evaluation), a forked child
+would inherit the CUDA context and the locks of the driver's and NCCL's threads, so the worker comes from
+``multiprocessing``'s fork server instead: a clean process that imports this module and math-verify once and forks
+every worker from there. Like ``spawn``, a fork server child imports the main script (as ``__mp_main__``), so a
+script that evaluates on a GPU keeps its work under ``if __name__ == "__main__":`` (``lit-dft`` and
+``python -m lit_dft`` do; notebooks and ``python -c`` have no script to import).
 """
 
 from __future__ import annotations
@@ -16,9 +23,13 @@ import signal
 from dataclasses import dataclass
 from fractions import Fraction
 
+import torch
+
+from lit_dft.errors import LitDFTError
 from lit_dft.evaluation.numbers import e_notation_as_latex, parse_number
 
 _SPACES = re.compile(r"\s+")
+_START_TIMEOUT_S = 120.0  # a fork server's first worker waits for it to import lit_dft (seconds on a busy node)
 
 
 def _normalise(answer: str) -> str:
@@ -79,6 +90,20 @@ def _default_signal_handlers() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _import_math_verify() -> None:
+    """In the worker, before the first check: a check's timeout then measures the check, not the import."""
+    import math_verify  # noqa: F401
+
+
+def _start_method() -> str:
+    """``fork`` while no CUDA context exists (the worker imports nothing: notebooks, scripts without a main guard),
+    else ``forkserver`` (``spawn`` where there is none): forking a process that has initialised CUDA is unsafe."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and not torch.cuda.is_initialized():
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 class AnswerChecker:
     """Compares extracted answers to gold answers; all gold parts must match (OlympiadBench lists).
 
@@ -91,11 +116,21 @@ class AnswerChecker:
         self._pool = None
 
     def _worker(self):
-        if self._pool is None:  # fork: the worker needs no import of __main__ (notebooks, stdin scripts)
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        if self._pool is None:
+            method = _start_method()
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":  # no effect once the server runs; then each worker imports the checker itself
+                context.set_forkserver_preload([__name__, "math_verify"])
             self._pool = context.Pool(1, initializer=_default_signal_handlers)
             atexit.register(self.close)  # shut it down before the interpreter does, which warns in Pool.__del__
+            try:
+                self._pool.apply_async(_import_math_verify).get(_START_TIMEOUT_S)
+            except multiprocessing.TimeoutError:
+                self.close()
+                raise LitDFTError(
+                    f"The answer checker's worker process ({method}) did not start within {_START_TIMEOUT_S:.0f} s "
+                    "(a forkserver or spawn worker imports the main script: is its work under if __name__ == '__main__'?)"
+                ) from None
         return self._pool
 
     def _equivalent(self, prediction: str, gold: str, significant_figures: bool = False) -> Verdict:
@@ -107,8 +142,9 @@ class AnswerChecker:
         prediction, gold = e_notation_as_latex(prediction), e_notation_as_latex(gold)  # math-verify: 4.5*e*33
         if _list_lengths_differ(prediction, gold):  # math-verify compares lists as sets: "-2" would match "-2, -2"
             return Verdict(False, "not equivalent")
+        worker = self._worker()  # outside the try: a worker that cannot start is an error, not a wrong answer
         try:
-            same = self._worker().apply_async(_verify, (prediction, gold)).get(self.timeout_s)
+            same = worker.apply_async(_verify, (prediction, gold)).get(self.timeout_s)
         except multiprocessing.TimeoutError:
             self.close()  # kill the stuck worker; the next check starts a fresh one
             return Verdict(False, "timeout")

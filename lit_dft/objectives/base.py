@@ -29,7 +29,8 @@ class TokenContext:
     special: Tensor | None = None
     """Bool: the target is a special or template token (EOS, end of turn, ...)."""
     sequence: Tensor | None = None
-    """Index of the example the token belongs to, within the batch."""
+    """Index of the example the token belongs to, numbered 0, 1, ... over the batch's examples that have target
+    tokens (so below the number of target tokens)."""
     reference_log_probs: Tensor | None = None
     """``log p_ref`` of the target token under the reference: the frozen reference model, or the data's column
     (``model.reference: data``)."""
@@ -73,6 +74,12 @@ class TokenObjective:
     def token_loss(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
         raise NotImplementedError
 
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor | None:
+        """``d token_loss / d log p_t`` of every token in closed form, or None (the default): the chunked loss then
+        differentiates :meth:`token_loss` with autograd, one call per chunk. The built-in objectives give it (and
+        tests hold it to autograd's); a new objective need not."""
+        return None
+
     def __call__(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
         if self.needs:
             return self.token_loss(target_log_probs, context)
@@ -107,6 +114,10 @@ class ProtectSpecialTokens(TokenObjective):
 
     def token_loss(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
         return torch.where(context.special, -target_log_probs, self.objective(target_log_probs, context))
+
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor | None:
+        inner = self.objective.log_prob_grad(target_log_probs, context)
+        return None if inner is None else torch.where(context.special, -1.0, inner)
 
     def __repr__(self) -> str:
         return f"ProtectSpecialTokens({self.objective!r})"

@@ -37,9 +37,14 @@ class EAFT(TokenObjective):
             raise LitDFTError(f"EAFT alpha must be >= 0, got {alpha}")
         self.top_k, self.alpha = top_k, alpha
 
+    def _weight(self, context: TokenContext) -> Tensor:
+        return (context.topk_entropy / math.log(self.top_k)).clamp(0.0, 1.0) ** self.alpha
+
     def token_loss(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
-        weight = (context.topk_entropy / math.log(self.top_k)).clamp(0.0, 1.0) ** self.alpha
-        return -weight * target_log_probs
+        return -self._weight(context) * target_log_probs
+
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
+        return -self._weight(context).to(target_log_probs.dtype).expand_as(target_log_probs)
 
 
 class DEFT(TokenObjective):
@@ -56,3 +61,6 @@ class DEFT(TokenObjective):
     def token_loss(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
         concentration = context.sum_sq_probs
         return -torch.expm1(concentration * target_log_probs) / concentration
+
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
+        return -torch.exp(context.sum_sq_probs * target_log_probs)

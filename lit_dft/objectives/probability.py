@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lit_dft.errors import LitDFTError
-from lit_dft.objectives.base import TokenObjective
+from lit_dft.objectives.base import TokenContext, TokenObjective
 
 
 class SFT(TokenObjective):
@@ -18,6 +18,9 @@ class SFT(TokenObjective):
 
     def token_loss(self, target_log_probs: Tensor) -> Tensor:
         return -target_log_probs
+
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
+        return torch.full_like(target_log_probs, -1.0)
 
 
 class DFT(TokenObjective):
@@ -39,11 +42,15 @@ class DFT(TokenObjective):
         self.alpha = alpha
         self.min_weight = min_weight
 
-    def token_loss(self, target_log_probs: Tensor) -> Tensor:
+    def _weight(self, target_log_probs: Tensor) -> Tensor:
         weight = torch.exp(self.alpha * target_log_probs.detach())
-        if self.min_weight > 0:
-            weight = weight.clamp(min=self.min_weight)
-        return -weight * target_log_probs
+        return weight.clamp(min=self.min_weight) if self.min_weight > 0 else weight
+
+    def token_loss(self, target_log_probs: Tensor) -> Tensor:
+        return -self._weight(target_log_probs) * target_log_probs
+
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
+        return -self._weight(target_log_probs)
 
 
 class ASFT(DFT):
@@ -75,6 +82,9 @@ class Prob(TokenObjective):
     def token_loss(self, target_log_probs: Tensor) -> Tensor:
         return -torch.expm1(target_log_probs)
 
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
+        return -target_log_probs.exp()
+
 
 class ProbPower(TokenObjective):
     """``(1 - p_t**alpha) / alpha`` (arXiv 2510.00526, its code's ``GeneralFamily-alpha``): weight ``p_t**alpha``;
@@ -92,6 +102,9 @@ class ProbPower(TokenObjective):
 
     def token_loss(self, target_log_probs: Tensor) -> Tensor:
         return -torch.expm1(self.alpha * target_log_probs) / self.alpha
+
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
+        return -torch.exp(self.alpha * target_log_probs)
 
 
 class ProbThreshold(TokenObjective):
@@ -118,11 +131,17 @@ class ProbThreshold(TokenObjective):
             raise LitDFTError(f"ProbThreshold threshold must lie in [0, 1], got {threshold}")
         self.threshold, self.keep, self.loss = threshold, keep, loss
 
-    def token_loss(self, target_log_probs: Tensor) -> Tensor:
+    def _kept(self, target_log_probs: Tensor) -> Tensor:
         probs = target_log_probs.detach().exp()
-        kept = probs >= self.threshold if self.keep == "above" else probs <= self.threshold
+        return probs >= self.threshold if self.keep == "above" else probs <= self.threshold
+
+    def token_loss(self, target_log_probs: Tensor) -> Tensor:
         loss = -torch.expm1(target_log_probs) if self.loss == "prob" else -target_log_probs
-        return torch.where(kept, loss, torch.zeros_like(loss))
+        return torch.where(self._kept(target_log_probs), loss, torch.zeros_like(loss))
+
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
+        grad = -target_log_probs.exp() if self.loss == "prob" else torch.full_like(target_log_probs, -1.0)
+        return torch.where(self._kept(target_log_probs), grad, 0.0)
 
 
 class Focal(TokenObjective):
@@ -138,7 +157,18 @@ class Focal(TokenObjective):
             raise LitDFTError(f"Focal gamma must be >= 0, got {gamma}")
         self.gamma = gamma
 
+    @staticmethod
+    def _unlikely(target_log_probs: Tensor) -> tuple[Tensor, Tensor]:
+        """``1 - p`` floored at the smallest normal number (at p = 1, log p = 0, a power below 1 has no finite
+        gradient), and where the floor does not apply."""
+        unlikely = -torch.expm1(target_log_probs)
+        tiny = torch.finfo(target_log_probs.dtype).tiny
+        return unlikely.clamp_min(tiny), unlikely >= tiny
+
     def token_loss(self, target_log_probs: Tensor) -> Tensor:
-        # 1 - p floored at the smallest normal number: at p = 1 (log p = 0) a power below 1 has no finite gradient
-        unlikely = (-torch.expm1(target_log_probs)).clamp_min(torch.finfo(target_log_probs.dtype).tiny)
-        return -(unlikely**self.gamma) * target_log_probs
+        return -(self._unlikely(target_log_probs)[0] ** self.gamma) * target_log_probs
+
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
+        unlikely, unfloored = self._unlikely(target_log_probs)  # d(1 - p) / d log p = -p where not floored
+        through_factor = self.gamma * unlikely ** (self.gamma - 1) * target_log_probs.exp() * target_log_probs
+        return -(unlikely**self.gamma) + torch.where(unfloored, through_factor, 0.0)

@@ -38,6 +38,11 @@ class IWSFT(TokenObjective):
             raise LitDFTError(f"IWSFT max_weight must be >= 1 (the weight at the first step), got {max_weight}")
         self.temperature, self.max_weight = temperature, max_weight
 
+    def _weight(self, context: TokenContext) -> Tensor:
+        return torch.exp(self.temperature * context.sequence_log_ratio).clamp(max=self.max_weight)
+
     def token_loss(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
-        weight = torch.exp(self.temperature * context.sequence_log_ratio).clamp(max=self.max_weight)
-        return -weight * target_log_probs
+        return -self._weight(context) * target_log_probs
+
+    def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
+        return -self._weight(context).to(target_log_probs.dtype)

@@ -368,7 +368,10 @@ def test_probe_is_the_seeded_sample_measured_once_over_the_ranks(ranks):
     expected = sum(len(dm.train_set[i]["input_ids"]) - dm.train_set[i]["prompt_length"] for i in indices)
     targets, batches = 0, set()
     for rank in range(ranks):
-        dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": ranks, "rank": rank})
+        dm.trainer = SimpleNamespace(
+            distributed_sampler_kwargs={"num_replicas": ranks, "rank": rank},
+            strategy=SimpleNamespace(root_device=torch.device("cpu")),
+        )
         loader = list(dm.probe_dataloader(num_examples=7, seed=3, batch_size=2))
         batches.add(len(loader))
         targets += sum(int((batch.targets != -100).sum()) for batch in loader)
@@ -430,3 +433,56 @@ def test_a_reference_column_unusable_in_its_first_thousand_rows_is_still_read(tm
     dm.setup("fit")
     assert dm.report["skipped: ref not a list of finite log-probabilities (<= 0)"] == 1001
     assert dm.train_set["reference_log_probs"] == [[-0.5] * n, [0.0] + [-0.5] * (n - 1)]
+
+
+# ---- pinned memory -------------------------------------------------------------------------------
+
+
+def _loaders_module(shared_data) -> MathDataModule:
+    from lit_dft.data.datamodule import EvalSet
+
+    benchmark = EvalSet("aime24", str(shared_data / "aime24/test.jsonl"), limit=3)
+    dm = _module(
+        preset="gsm8k", path=str(shared_data / "gsm8k/train.jsonl"), limit=8, val_split=2, eval_sets=[benchmark]
+    )
+    dm.setup("fit")
+    dm.setup("test")
+    return dm
+
+
+@pytest.mark.parametrize("device, pinned", [(None, False), ("cpu", False), ("cuda", True)])
+def test_loaders_pin_memory_only_for_a_cuda_device(shared_data, device, pinned):
+    """Pinned host memory makes Lightning's copy to the GPU asynchronous; on the CPU it would be a wasted copy."""
+    from types import SimpleNamespace
+
+    dm = _loaders_module(shared_data)
+    if device is not None:  # None: no trainer, as in a notebook
+        strategy = SimpleNamespace(root_device=torch.device(device))
+        dm.trainer = SimpleNamespace(strategy=strategy, distributed_sampler_kwargs=None)
+    loaders = [dm.train_dataloader(), *dm.val_dataloader(), dm.probe_dataloader(2), *dm.test_dataloader()]
+    assert [loader.pin_memory for loader in loaders] == [pinned] * 4
+
+
+def test_pinning_a_batch_pins_its_tensors_and_keeps_its_type_and_values(shared_data, monkeypatch):
+    """torch's DataLoader pinning leaves a dataclass as it is unless it has a ``pin_memory`` method. Pinning needs
+    an accelerator, so ``Tensor.pin_memory`` here is a stand-in that copies and records what it was given."""
+    from dataclasses import fields
+
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    dm = _loaders_module(shared_data)
+    batches = [next(iter(dm.train_dataloader())), next(iter(dm.test_dataloader()[0]))]
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor, *args: pinned.append(tensor) or tensor.clone())
+    for batch in batches:
+        tensors = [getattr(batch, f.name) for f in fields(batch) if isinstance(getattr(batch, f.name), torch.Tensor)]
+        pinned.clear()
+        copy = pin_memory(batch)
+        assert type(copy) is type(batch) and len(pinned) == len(tensors) >= 2
+        assert all(any(t is p for p in pinned) for t in tensors), "every tensor goes through Tensor.pin_memory"
+        for f in fields(batch):
+            value, copied = getattr(batch, f.name), getattr(copy, f.name)
+            if isinstance(value, torch.Tensor):
+                assert copied is not value and torch.equal(copied, value), f.name
+            else:
+                assert copied == value, f.name

@@ -1,4 +1,8 @@
+import os
+import signal
+
 import pytest
+import torch
 
 from lit_dft.evaluation import AnswerChecker, extract_answer, last_boxed
 
@@ -75,6 +79,26 @@ def test_missing_answer_and_pathological_expression_count_as_incorrect_with_a_re
         assert checker.check("1", []).reason == "no gold answer"
         assert checker.check("9^{9^{9^{9^{9}}}}", ["1"]).reason == "timeout"
         assert checker.check("2", ["2.0"]).correct, "a fresh worker replaces the killed one"
+    finally:
+        checker.close()
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["cpu: forked", "cuda initialised: fork server"])
+def test_the_worker_is_forked_only_while_no_cuda_context_exists(monkeypatch, cuda):
+    """Forking a process that has initialised CUDA is unsafe: then the worker comes from the fork server, with the
+    same verdicts, timeouts and signal handling."""
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda)
+    checker = AnswerChecker(timeout_s=1.0)
+    try:
+        for attempt in ("first worker", "the one replacing it after a timeout"):
+            worker = checker._worker()
+            assert (worker.apply(os.getppid) == os.getpid()) is not cuda, attempt  # the server forks the worker
+            assert worker.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+            assert worker.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+            assert checker.check("x^2+1", ["1+x^2"]).correct  # decided by math-verify, in the worker
+            assert checker.check("x^2-1", ["x^2+1"]).reason == "not equivalent"
+            assert checker.check("9^{9^{9^{9^{9}}}}", ["1"]).reason == "timeout"
+            assert checker._pool is None, "the stuck worker is killed"
     finally:
         checker.close()
 
