@@ -87,7 +87,7 @@ class TokenTerms(NamedTuple):
     """``(N,)`` detached ``KL(p_ref || p_theta)`` at each position, when the objective has a KL term."""
 
 
-_BLOCK_ELEMENTS = 2**22  # rows of a chunk handled at once for its statistics: a 16 MB float32 temporary
+_BLOCK_ELEMENTS = 2**20  # rows of a chunk handled at once for its statistics: 4 MB float32 temporaries, in cache
 
 
 def _xlogy(x: Tensor, y: Tensor) -> Tensor:

@@ -37,6 +37,29 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "DFT's closed-form gradient forgets the weight's floor",
+        "lit_dft/objectives/probability.py",
+        "        return -self._weight(target_log_probs)\n",
+        "        return -torch.exp(self.alpha * target_log_probs)\n",
+        ("tests/test_objectives.py::test_closed_form_log_prob_gradient_equals_autograd",),
+    ),
+    Mutation(
+        "the collator's target positions are one place off",
+        "lit_dft/data/collate.py",
+        "positions = (labels[:, 1:].flatten() != IGNORE_INDEX)",
+        "positions = (labels[:, :-1].flatten() != IGNORE_INDEX)",
+        ("tests/test_batch.py", "tests/test_module.py::test_gradient_does_not_depend_on_how_the_batch_is_split"),
+    ),
+    Mutation(
+        "rank-0 loading leaves the rotary buffers unfilled on the other ranks",
+        "lit_dft/strategies.py",
+        "                torch.distributed.broadcast(sub._buffers[name], src=0)\n",
+        "                pass\n",
+        (
+            "tests/test_fsdp.py::test_rank0_loading_fills_every_shard_with_the_pretrained_weights_and_takes_the_same_step",
+        ),
+    ),
+    Mutation(
         "histogram counts only the last micro-batch of an accumulation window",
         "lit_dft/callbacks/token_probs.py",
         "        if logging_step and token_outputs is not None:\n",
@@ -196,15 +219,15 @@ MUTATIONS = [
     Mutation(
         "the data's reference log-probs read one position off",
         "lit_dft/token_loss.py",
-        "reference_log_probs = batch.reference_log_probs[:, 1:][mask]",
-        "reference_log_probs = batch.reference_log_probs[:, :-1][mask]",
+        "batch.reference_log_probs.flatten().index_select(0, targets.inputs + 1)",
+        "batch.reference_log_probs.flatten().index_select(0, targets.inputs)",
         ("tests/test_token_loss.py::test_iw_sft_against_the_data_s_reference_log_probs_equals_the_reference_model",),
     ),
     Mutation(
         "the chunked loss takes the reference's log-probs from the policy",
         "lit_dft/token_loss.py",
-        "reference_log_probs = target_log_probs_chunked(*reference, targets, self.chunk_size)",
-        "reference_log_probs = target_log_probs_chunked(hidden, weight, targets, self.chunk_size)",
+        "reference_log_probs = target_log_probs_chunked(*reference, ids, self.chunk_size)",
+        "reference_log_probs = target_log_probs_chunked(hidden, weight, ids, self.chunk_size)",
         ("tests/test_token_loss.py::test_iw_sft_weights_each_example_by_its_likelihood_ratio_to_the_reference_model",),
     ),
     Mutation(
