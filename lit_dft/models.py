@@ -142,30 +142,53 @@ def load_model_on_rank0(
 ) -> PreTrainedModel:
     """``load_model`` on global rank 0 only; every other rank builds the same architecture on the meta device.
 
-    Rank 0 sends its config, generation config and weights' dtypes, so that every rank builds and generates alike
-    and the others read no weights: not even a GGUF file's, which loading would dequantise. ``FSDP2Strategy``
-    fills their shards from rank 0 once the model is sharded. Needs the process group (``configure_model`` has it).
+    Rank 0 sends its config, generation config and the dtype and shape of every weight and buffer, so that every
+    rank builds and generates alike and the others read no weights: not even a GGUF file's, which loading would
+    dequantise. ``FSDP2Strategy`` fills their shards from rank 0 once the model is sharded. Needs the process group
+    (``configure_model`` has it); a model with remote code needs that code on every node.
     """
     model, spec = None, [None]
     if dist.get_rank() == 0:
         try:
             model = load_model(name, dtype, trust_remote_code, vocab_size)
-            dtypes = {key: tensor.dtype for key, tensor in model.state_dict().items()}
-            spec = [(model.config, model.generation_config, model.dtype, dtypes)]
+            spec = [(model.config, model.generation_config, model.dtype, _tensor_specs(model))]
         except Exception as error:  # tell the others, who would wait for the config until the timeout
             dist.broadcast_object_list([str(error) or repr(error)], src=0)
             raise
     dist.broadcast_object_list(spec, src=0)
-    if model is not None:
-        return model
     if isinstance(spec[0], str):
         raise LitDFTError(f"Global rank 0 could not load {name!r}: {spec[0]}")
-    config, generation_config, torch_dtype, dtypes = spec[0]
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    if set(dtypes) != set(model.state_dict()):
-        raise LitDFTError(f"{name!r} built from its config is not the model rank 0 loaded: set load_on_rank0: false")
-    for key, tensor in model.state_dict(keep_vars=True).items():  # from_pretrained's modules kept in float32
-        tensor.data = tensor.data.to(dtypes[key])
-    model.generation_config = generation_config
+    problem = None
+    if model is None:
+        try:
+            model = _built_like_rank0(*spec[0], trust_remote_code)
+        except Exception as error:  # noqa: BLE001 - every rank learns of it below, rank 0 included
+            problem = str(error) or repr(error)
+    problems = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)  # all ranks raise together rather than leave rank 0 waiting
+    if any(problems):
+        raise LitDFTError(
+            f"{name!r} built from rank 0's config is not the model rank 0 loaded ({next(filter(None, problems))}): "
+            "set the strategy's load_on_rank0: false"
+        )
     return model.train()
+
+
+def _tensor_specs(model: PreTrainedModel) -> dict[str, tuple[torch.dtype, torch.Size]]:
+    """Dtype and shape of every weight and buffer (non-persistent ones, such as rotary ``inv_freq``, included)."""
+    tensors = dict(model.named_buffers()) | model.state_dict()
+    return {key: (tensor.dtype, tensor.shape) for key, tensor in tensors.items()}
+
+
+def _built_like_rank0(config, generation_config, dtype: torch.dtype, specs: dict, trust_remote_code: bool):
+    """The model rank 0 loaded, on the meta device, with its weights' and buffers' dtypes (``from_pretrained`` keeps
+    some modules in float32, which ``from_config`` does not)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    tensors = dict(model.named_buffers()) | model.state_dict(keep_vars=True)
+    if {key: tensor.shape for key, tensor in tensors.items()} != {key: shape for key, (_, shape) in specs.items()}:
+        raise LitDFTError("its weights' names or shapes differ")
+    for key, tensor in tensors.items():
+        tensor.data = tensor.data.to(specs[key][0])
+    model.generation_config = generation_config
+    return model

@@ -161,6 +161,8 @@ class CausalLMModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer.strategy)
+        if self.hparams.float32_matmul_precision is not None:  # again: a process that unpickled the module (spawn)
+            torch.set_float32_matmul_precision(self.hparams.float32_matmul_precision)
         self._run_seed = torch.initial_seed()  # seed_everything's; a resumed fit takes its checkpoint's
 
     @classmethod
@@ -468,7 +470,13 @@ class CausalLMModule(LightningModule):
         return 6 * trained + 4 * frozen + 2 * reference
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return configure_adamw(self.parameters(), self.optimizer_args, int(self.trainer.estimated_stepping_batches))
+        steps = int(self.trainer.estimated_stepping_batches)
+        return configure_adamw(self.parameters(), self.optimizer_args, steps, fused=self._fused_adamw())
+
+    def _fused_adamw(self) -> bool:
+        """torch's fused AdamW, except with a GradScaler (``16-mixed``): Lightning then refuses gradient clipping,
+        since a fused optimiser unscales the gradients inside its step."""
+        return getattr(self.trainer.precision_plugin, "scaler", None) is None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the model's config so ``lit-dft export`` rebuilds it without the original weights; leave out the
@@ -497,6 +505,10 @@ class CausalLMModule(LightningModule):
         shape or key error; the frozen weights come from their source, as when the checkpoint was written."""
         if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: the run's random numbers
             self._run_seed = checkpoint.get("run_seed", self._run_seed)
+            if type(self).configure_optimizers is CausalLMModule.configure_optimizers:  # this module's AdamW
+                for state in checkpoint.get("optimizer_states", []):  # loading sets each group's implementation:
+                    for group in state.get("param_groups", []):  # this run's, not the saved one (an older default)
+                        group.update(fused=self._fused_adamw() or None, foreach=None)
         state = checkpoint.get("state_dict", {})
         if self.reference_model is None:
             for key in [k for k in state if k.startswith(_REFERENCE_PREFIX)]:  # a run with a KL term, read without

@@ -26,15 +26,17 @@ class OptimizerArgs:
     """Final learning rate as a fraction of the peak."""
 
 
-def configure_adamw(params: Iterable[torch.nn.Parameter], args: OptimizerArgs, total_steps: int) -> dict[str, Any]:
-    """AdamW over the trainable ``params`` and its per-step schedule, as ``configure_optimizers`` returns them."""
+def configure_adamw(
+    params: Iterable[torch.nn.Parameter], args: OptimizerArgs, total_steps: int, fused: bool = True
+) -> dict[str, Any]:
+    """AdamW over the trainable ``params`` and its per-step schedule, as ``configure_optimizers`` returns them;
+    ``fused``: torch's one-kernel step, without the loop implementation's temporaries the size of the weights."""
     params = [p for p in params if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    # fused: one kernel per step with no temporaries the size of the weights (the loop implementation's peak)
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=tuple(args.betas), fused=True)
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=tuple(args.betas), fused=fused or None)
     total = max(1, total_steps)
     warmup = math.ceil(args.warmup_ratio * total)
 

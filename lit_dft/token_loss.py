@@ -199,7 +199,7 @@ def _loss_and_log_prob_grad(
 ) -> tuple[Tensor, Tensor]:
     """The summed loss of detached ``log_probs`` and its gradient with respect to each: in closed form where the
     objective gives it, else by one autograd call."""
-    grad = objective.log_prob_grad(log_probs, context)
+    grad = objective.known_log_prob_grad(log_probs, context)
     if grad is not None:
         return objective(log_probs, context).sum(), grad
     with torch.enable_grad():
@@ -491,6 +491,7 @@ class TokenLoss:
         self.reference = reference if objective.needs_reference else None
         self.shared_reference = self.reference is model
         self.chunked: bool | None = None  # decided on the first call
+        self._special_table: Tensor | None = None
         self._warned_unused_reference = False
 
     def __call__(self, batch: TrainingBatch) -> TokenOutputs:
@@ -499,10 +500,11 @@ class TokenLoss:
             self.chunked = self._can_chunk(batch.input_ids.device)
         targets = _Targets.of(batch)
         context = self._target_context(batch, targets)
-        # No attention mask: the examples are padded on the right, so causal attention alone keeps every target's
-        # position from seeing padding, and the model neither builds a mask nor waits for the device to learn
-        # whether one is needed (Hugging Face's SDPA check); fused causal attention kernels apply.
-        inputs = {"input_ids": batch.input_ids, "attention_mask": None, "use_cache": False}
+        # The collator's batches need no attention mask: padded on the right, causal attention alone keeps every
+        # target's position from seeing padding, so no mask is built and fused causal attention kernels apply. A
+        # batch built by hand (no target positions) keeps its mask: it may be padded otherwise.
+        mask = None if batch.target_positions is not None else batch.attention_mask
+        inputs = {"input_ids": batch.input_ids, "attention_mask": mask, "use_cache": False}
         if self.chunked:
             terms = self._chunked(inputs, targets, context)
         else:
@@ -528,6 +530,15 @@ class TokenLoss:
             targets.grid,
         )
 
+    def _is_special(self, device: torch.device) -> Tensor:
+        """Whether each vocabulary entry is special, on ``device``: made once (a copy from the host waits for the
+        device), and a lookup, where ``isin`` may sort on the device."""
+        if self._special_table is None or self._special_table.device != device:
+            rows = base_model(self.model).get_input_embeddings().num_embeddings  # every target id is below it
+            table = torch.zeros(max([rows, *(self.special_ids + 1).tolist()]), dtype=torch.bool)
+            self._special_table = table.index_fill_(0, self.special_ids, True).to(device)
+        return self._special_table
+
     @contextmanager
     def _reference_mode(self) -> Iterator[None]:
         """Evaluation mode for the reference's forward, with the adapters off when it is the LoRA model itself."""
@@ -542,9 +553,7 @@ class TokenLoss:
         """The context fields that come from the batch alone, if the objective needs them: whether each target is
         special, its example, and the data's reference log-probabilities (without a reference model)."""
         needs, ids = self.objective.needs, targets.ids
-        if "special" in needs and self.special_ids.device != ids.device:
-            self.special_ids = self.special_ids.to(ids.device)  # once: a copy from the host waits for the device
-        special = torch.isin(ids, self.special_ids) if "special" in needs else None
+        special = self._is_special(ids.device)[ids] if "special" in needs else None
         sequence = targets.examples if needs & {"sequence", "sequence_log_ratio"} else None
         reference_log_probs = None
         if batch.reference_log_probs is not None and self.reference is not None:

@@ -149,6 +149,8 @@ def _as_rank(monkeypatch, rank: int, channel: list) -> None:
             objects[:] = channel
 
     monkeypatch.setattr("torch.distributed.broadcast_object_list", broadcast)
+    monkeypatch.setattr("torch.distributed.get_world_size", lambda: 2)
+    monkeypatch.setattr("torch.distributed.all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * 2))
 
 
 def test_other_ranks_build_rank0s_model_on_meta_without_loading_it(monkeypatch):
@@ -168,6 +170,17 @@ def test_other_ranks_build_rank0s_model_on_meta_without_loading_it(monkeypatch):
     assert all(t.is_meta for t in chain(meta.parameters(), meta.buffers()))
     assert meta.lm_head.weight is meta.model.embed_tokens.weight
     assert meta.generation_config.eos_token_id == [2, 7] and meta.training
+
+
+def test_a_model_that_rank0s_config_does_not_rebuild_is_refused_on_every_rank(monkeypatch):
+    channel = []
+    _as_rank(monkeypatch, 0, channel)
+    load_model_on_rank0(TINY_MODEL)
+    config, generation_config, dtype, specs = channel[0]
+    specs["lm_head.weight"] = (torch.float32, torch.Size([7, 64]))  # rank 0 loaded a head of another shape
+    _as_rank(monkeypatch, 1, channel)
+    with pytest.raises(LitDFTError, match="built from rank 0's config is not the model rank 0 loaded .* shapes"):
+        load_model_on_rank0(TINY_MODEL)
 
 
 def test_a_load_error_on_rank0_reaches_the_other_ranks(monkeypatch):

@@ -477,3 +477,25 @@ def test_float32_matmul_precision_is_set_for_the_process_when_the_module_is_made
         assert torch.get_float32_matmul_precision() == "high"  # the default: TF32 tensor cores on GPUs
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_adamw_is_fused_but_under_a_grad_scaler_and_a_resumed_run_steps_with_its_own_choice(tmp_path):
+    """Lightning refuses to clip gradients with a GradScaler and a fused optimiser (it unscales inside its step), and
+    loading an optimiser's state would bring back the saved run's implementation."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    from lit_dft.module import CausalLMModule
+
+    def fp32_module():
+        module = MicroModule(loss="sft", module_class=CausalLMModule)
+        module.configure_model()
+        module.model.float()
+        return module
+
+    scaled = quiet_trainer(plugins=[MixedPrecision("16-mixed", "cpu")], logger=False, max_steps=1, gradient_clip_val=1)
+    scaled.fit(fp32_module(), loader(uneven_rows(), 2))
+    assert not scaled.optimizers[0].defaults["fused"]
+    scaled.save_checkpoint(tmp_path / "fp16.ckpt")
+    resumed = quiet_trainer(precision="32-true", logger=False, max_steps=2, gradient_clip_val=1)
+    resumed.fit(fp32_module(), loader(uneven_rows(), 2), ckpt_path=tmp_path / "fp16.ckpt")
+    assert resumed.global_step == 2 and all(group["fused"] for group in resumed.optimizers[0].param_groups)

@@ -237,7 +237,7 @@ def test_closed_form_log_prob_gradient_equals_autograd(objective):
     )
     leaf = log_probs.clone().requires_grad_()
     (expected,) = torch.autograd.grad(objective(leaf, context).sum(), leaf)
-    closed_form = objective.log_prob_grad(log_probs, context)
+    closed_form = objective.known_log_prob_grad(log_probs, context)
     assert closed_form is not None, "every built-in objective gives its derivative in closed form"
     torch.testing.assert_close(closed_form, expected, rtol=1e-12, atol=1e-12)
     assert expected.abs().max() > 1e-3
@@ -250,3 +250,18 @@ def test_an_objective_without_a_closed_form_has_none():
 
     assert Squared().log_prob_grad(torch.zeros(3)) is None
     assert ProtectSpecialTokens(Squared()).log_prob_grad(torch.zeros(3), TokenContext(special=torch.ones(3))) is None
+
+
+def test_a_subclass_that_redefines_the_loss_does_not_inherit_the_closed_form():
+    class Capped(DFT):  # a user's variant of DFT: its derivative is no longer DFT's
+        def token_loss(self, target_log_probs):
+            return super().token_loss(target_log_probs).clamp(max=1.0)
+
+    class Floored(DFT):  # only settings changed: DFT's derivative still holds
+        def __init__(self):
+            super().__init__(min_weight=0.2)
+
+    log_probs = torch.log(torch.tensor([0.01, 0.5, 0.99]))
+    assert Capped().known_log_prob_grad(log_probs) is None
+    assert ProtectSpecialTokens(Capped()).known_log_prob_grad(log_probs, TokenContext(special=torch.ones(3))) is None
+    torch.testing.assert_close(Floored().known_log_prob_grad(log_probs), -torch.tensor([0.2, 0.5, 0.99]))

@@ -343,3 +343,18 @@ def test_head_gradient_sums_each_chunk_s_product_in_its_own_dtype(factors):
     tolerance = 1e-5 if factors == torch.float32 else 2e-2  # a bf16 product is rounded to 8 bits
     torch.testing.assert_close(total.double(), expected, rtol=tolerance, atol=tolerance)
     assert not _adds_into_float32("cpu")  # a CPU has no such product: the temporary path
+
+
+@pytest.mark.parametrize("chunk", [0, 8])
+def test_special_token_ids_get_sft_s_loss_through_the_token_loss(chunk):
+    from tests.helpers import loader, uneven_rows
+
+    special = [4, 9, 21, 63]
+    token_loss = TokenLoss(micro_llama(), ProtectSpecialTokens(DFT()), chunk, special_ids=special)
+    batch = next(iter(loader(uneven_rows(4), 4)))
+    out = token_loss(batch)
+    log_probs, ids = out.log_probs, out.select(out.target_ids)
+    is_special = torch.isin(ids, torch.tensor(special))
+    assert is_special.any() and not is_special.all()
+    expected = torch.where(is_special, -log_probs, -log_probs.exp() * log_probs).sum()
+    torch.testing.assert_close(out.loss, expected, rtol=1e-10, atol=1e-10)

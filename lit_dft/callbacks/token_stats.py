@@ -100,7 +100,13 @@ class ProbabilityCounts:
             len(JOINT_PROB_EDGES) - 1, len(JOINT_ENTROPY_EDGES) - 1, dtype=torch.float64, device=device
         )
         # on the device once: a copy from the host at every step would wait for the device
-        edges = (PROB_EDGES, LOG10_EDGES, torch.tensor(PAPER_BINS), JOINT_PROB_EDGES, JOINT_ENTROPY_EDGES)
+        edges = (
+            PROB_EDGES,
+            LOG10_EDGES,
+            torch.tensor(PAPER_BINS, dtype=torch.float64),
+            JOINT_PROB_EDGES,
+            JOINT_ENTROPY_EDGES,
+        )
         self._inner_edges = [e[1:-1].to(device, torch.float64) for e in edges]
         self._offsets = torch.tensor([0, self.sizes[0], self.sizes[0] + self.sizes[1]], device=device)
 

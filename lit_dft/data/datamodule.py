@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import inspect
 import math
 import uuid
@@ -37,8 +38,11 @@ _FIT_STAGES = (None, "fit", "validate")  # the stages that read the training dat
 def _code_digest(*code) -> str:
     """A digest of the source files of ``code``. ``datasets`` hashes an importable function by its name, not its
     code, so without this an edited reader or prompt would keep loading the tokens cached before the edit."""
-    files = sorted({inspect.getfile(obj) for obj in code})
-    return hashlib.sha256(b"".join(Path(file).read_bytes() for file in files)).hexdigest()
+    try:
+        files = sorted({inspect.getfile(obj) for obj in code})
+        return hashlib.sha256(b"".join(Path(file).read_bytes() for file in files)).hexdigest()
+    except OSError:  # no source files (a zip or bytecode-only install): the installed version stands for the code
+        return importlib.metadata.version("lit-dft")
 
 
 def _fingerprint(rows: datasets.Dataset, *settings) -> str:
@@ -196,6 +200,7 @@ class MathDataModule(LightningDataModule):
         self._preset = resolve_preset(self.preset)
         self.tokenizer = None
         self._raw_rows: datasets.Dataset | None = None  # read by prepare_data, held in memory: for setup
+        self._prepare_error: Exception | None = None  # prepare_data's, raised in setup
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
         self.eval_data: dict[str, list[dict]] | None = None
@@ -252,16 +257,22 @@ class MathDataModule(LightningDataModule):
         the other ranks wait, whose ``setup`` then loads the result from the ``datasets`` cache. This process keeps
         it, so a single process does the work once. Rows held in memory are only read: each rank tokenises them."""
         stage = self.trainer.state.fn if self.trainer is not None else None
-        self._load_tokenizer()  # a hub download or GGUF conversion, once per node too
-        if stage not in _FIT_STAGES or self.train_set is not None:
-            return
-        raw = self._read_training_rows()
-        if raw.cache_files and datasets.is_caching_enabled():
-            self._setup_training(raw)
-        else:  # nothing to share: every rank tokenises in setup, all at once rather than after this one
-            self._raw_rows = raw
+        try:
+            self._load_tokenizer()  # a hub download or GGUF conversion, once per node too
+            if stage not in _FIT_STAGES or self.train_set is not None:
+                return
+            raw = self._read_training_rows()
+            if raw.cache_files and datasets.is_caching_enabled():
+                self._setup_training(raw)
+            else:  # nothing to share: every rank tokenises in setup, all at once rather than after this one
+                self._raw_rows = raw
+        except Exception as error:  # noqa: BLE001 - raised in setup, where the other ranks meet the same data
+            self._prepare_error = error  # raising here would leave them waiting at Lightning's next barrier
 
     def setup(self, stage: str | None = None) -> None:
+        if self._prepare_error is not None:
+            error, self._prepare_error = self._prepare_error, None
+            raise error
         self._load_tokenizer()
         if stage in _FIT_STAGES and self.train_set is None:
             raw, self._raw_rows = self._raw_rows, None

@@ -80,6 +80,12 @@ class TokenObjective:
         tests hold it to autograd's); a new objective need not."""
         return None
 
+    def known_log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor | None:
+        """:meth:`log_prob_grad`, if it is that of this :meth:`token_loss`: a subclass that redefines only the loss
+        (``class MyDFT(DFT)``) does not inherit its parent's derivative, it gets autograd's."""
+        owners = [next(c for c in type(self).__mro__ if name in vars(c)) for name in ("log_prob_grad", "token_loss")]
+        return self.log_prob_grad(target_log_probs, context) if issubclass(*owners) else None
+
     def __call__(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
         if self.needs:
             return self.token_loss(target_log_probs, context)
@@ -116,7 +122,7 @@ class ProtectSpecialTokens(TokenObjective):
         return torch.where(context.special, -target_log_probs, self.objective(target_log_probs, context))
 
     def log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor | None:
-        inner = self.objective.log_prob_grad(target_log_probs, context)
+        inner = self.objective.known_log_prob_grad(target_log_probs, context)
         return None if inner is None else torch.where(context.special, -1.0, inner)
 
     def __repr__(self) -> str:

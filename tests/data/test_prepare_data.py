@@ -14,6 +14,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 import lit_dft.data.datamodule as datamodule
 from lit_dft.data import MathDataModule
 from lit_dft.data.sources import PACKAGES
+from lit_dft.errors import LitDFTError
 from lit_dft.models import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,3 +158,17 @@ def test_two_ranks_tokenise_once(tmp_path, data):
     assert ranks[1]["tokenised"] == {"prepare_data": 0, "setup": 0}
     assert ranks[0]["train"] == ranks[1]["train"] and ranks[0]["val"] == ranks[1]["val"]
     assert len(ranks[1]["train"]) == 26 and len(ranks[1]["val"]) == 4  # val_split=4
+
+
+def test_a_data_error_in_prepare_data_is_raised_in_setup_where_every_rank_meets_it(tmp_path, monkeypatch):
+    """Raised in ``prepare_data`` (one process per node), it would leave the other ranks at Lightning's next barrier
+    until the collective timeout; in ``setup`` every rank stops at the same data with the same message."""
+    _use_cache(monkeypatch, tmp_path / "cache")
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    rank0 = _module(path=str(path))
+    rank0.prepare_data()  # no error here
+    with pytest.raises(LitDFTError, match="missing column"):
+        rank0.setup("fit")
+    with pytest.raises(LitDFTError, match="missing column"):
+        _module(path=str(path)).setup("fit")  # another rank, the same message
