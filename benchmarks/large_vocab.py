@@ -16,8 +16,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import markdown_table, median, run_worker, save
-from benchmarks.trl_compare import GSM8K
+from benchmarks.common import markdown_table, run_worker, save
+from benchmarks.trl_compare import GSM8K, comparison_header, comparison_row
 
 VOCAB, HIDDEN, LAYERS, LENGTH, BATCH = 151_936, 256, 2, 1024, 2
 _SOLUTIONS_PER_ROW = 8  # GSM8K solutions are ~130 tokens: eight exceed 1024 with the question
@@ -68,31 +68,10 @@ def main(quick: bool = False) -> str:
         for system in results:
             args = (system, str(model), str(steps), str(BATCH), str(LENGTH), str(data))
             results[system].append(run_worker("benchmarks.trl_compare", *args))
-    speed = {s: median([r["tokens_per_s"] for r in rs]) for s, rs in results.items()}
-    rss = {s: median([r["peak_rss_mb"] for r in rs]) for s, rs in results.items()}
     shape = {"vocab": VOCAB, "hidden": HIDDEN, "layers": LAYERS, "batch": BATCH, "length": LENGTH, "steps": steps}
     save("large_vocab", {**shape, "results": results})
-    row = [
-        f"{VOCAB:,} x {HIDDEN}, {LAYERS} layers",
-        f"{BATCH} x {LENGTH}, {steps} steps",
-        f"{speed['lit_dft']:,.0f}",
-        f"{speed['trl']:,.0f}",
-        f"{speed['lit_dft'] / speed['trl']:.2f}x",
-        f"{rss['lit_dft']:,.0f}",
-        f"{rss['trl']:,.0f}",
-        f"{rss['lit_dft'] / rss['trl']:.2f}x",
-    ]
-    header = [
-        "vocabulary x width",
-        "batch",
-        "lit_dft tokens/s",
-        "TRL tokens/s",
-        "speed ratio (goal >= 1.3x)",
-        "lit_dft peak RSS MB",
-        "TRL peak RSS MB",
-        "RSS ratio (goal <= 0.5x)",
-    ]
-    return markdown_table(header, [row]) + "\n\n" + _NOTE
+    row = comparison_row(f"{VOCAB:,} x {HIDDEN}, {LAYERS} layers", f"{BATCH} x {LENGTH}, {steps} steps", results)
+    return markdown_table(comparison_header("vocabulary x width", rss_goal=0.5), [row]) + "\n\n" + _NOTE
 
 
 _NOTE = (

@@ -1,5 +1,9 @@
 """Test doubles shared by several test files (importable by spawned DDP workers)."""
 
+import os
+import subprocess
+import sys
+
 import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader
@@ -8,7 +12,7 @@ from lit_dft.data.collate import PadCollator
 from lit_dft.lora import LoraArgs
 from lit_dft.models import TINY_MODEL, load_tokenizer
 from lit_dft.module import CausalLMModule
-from tests.conftest import micro_llama
+from tests.conftest import ROOT, micro_llama
 
 
 class SGDModule(CausalLMModule):
@@ -62,3 +66,16 @@ def quiet_trainer(**kwargs) -> L.Trainer:
         "enable_model_summary": False,
     }
     return L.Trainer(**{**defaults, **kwargs})
+
+
+def run_worker(module: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the project root with ``env`` added: how the tests start processes of their own
+    (several ranks, a crash)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

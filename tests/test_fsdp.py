@@ -1,8 +1,5 @@
 """FSDP2 on CPU (gloo): 2 sharded processes take the same step as 1 process, and save a full checkpoint."""
 
-import os
-import subprocess
-import sys
 from itertools import chain
 from pathlib import Path
 
@@ -15,11 +12,9 @@ from lit_dft.export import plain_model
 from lit_dft.models import EMBEDDED_MODEL, TINY_MODEL, load_model, load_model_on_rank0
 from lit_dft.strategies import decoder_layer_classes, shard_decoder, top_level_models
 from tests.conftest import micro_llama
-from tests.helpers import MICRO_LORA, MicroModule, loader, uneven_rows
+from tests.helpers import MICRO_LORA, MicroModule, loader, run_worker, uneven_rows
 from tests.rank0_worker import non_persistent_buffers
 from tests.test_module import _step_delta
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # asft: a frozen reference, sharded too, run inside the forward; with LoRA, the base with its adapters off
@@ -30,15 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ids=["dft", "asft", "asft-lora", "iw_sft-lora"],  # iw_sft: a no-grad pass over the gathered head first
 )
 def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path, loss, lora):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.fsdp_worker", str(tmp_path), loss] + (["lora"] if lora else []),
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_worker("tests.fsdp_worker", str(tmp_path), loss, *(["lora"] if lora else []))
     assert run.returncode == 0, run.stderr[-3000:]
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)
     two = {n: weights["after"][n] - weights["before"][n] for n in weights["before"]}
@@ -65,14 +52,7 @@ def test_two_process_fsdp_matches_one_process_on_the_same_global_batch(tmp_path,
 
 def _rank0_worker(out: Path, *args: str) -> list[dict]:
     out.mkdir()
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.rank0_worker", str(out), *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_worker("tests.rank0_worker", str(out), *args)
     assert run.returncode == 0, run.stderr[-3000:]
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 

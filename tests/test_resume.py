@@ -1,7 +1,4 @@
-import os
 import signal
-import subprocess
-import sys
 
 import lightning.pytorch as L
 import pytest
@@ -13,7 +10,7 @@ from lit_dft.lora import LoraArgs
 from lit_dft.models import TINY_MODEL
 from lit_dft.module import CausalLMModule
 from lit_dft.optim import OptimizerArgs
-from tests.conftest import ROOT
+from tests.helpers import run_worker
 
 STEPS, STOP_AT = 6, 3  # 32 training rows / batch 4 = 8 batches per epoch: step 3 is mid-epoch
 
@@ -77,14 +74,7 @@ def test_crash_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_pat
     """SIGKILL half-way through writing the step-4 checkpoint: the step-2 one survives, loads and resumes."""
 
     def worker(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "tests.crash_worker", str(tmp_path), *args],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return run_worker("tests.crash_worker", str(tmp_path), *args)
 
     crashed = worker()
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]

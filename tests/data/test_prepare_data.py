@@ -1,9 +1,6 @@
 """``prepare_data`` tokenises once into the ``datasets`` cache; ``setup`` on every other rank loads it from there."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,8 +13,7 @@ from lit_dft.data import MathDataModule
 from lit_dft.data.sources import PACKAGES
 from lit_dft.errors import LitDFTError
 from lit_dft.models import TINY_MODEL
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import run_worker
 
 
 def _module(**kwargs) -> MathDataModule:
@@ -148,9 +144,7 @@ def test_prepare_data_reads_no_training_data_to_test_or_predict(stage):
 @pytest.mark.slow
 def test_two_ranks_tokenise_once(tmp_path, data):
     """Lightning runs prepare_data on rank 0 while rank 1 waits; rank 1's setup loads rank 0's tokens."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "tests.data.prepare_worker", str(tmp_path), data]
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run = run_worker("tests.data.prepare_worker", str(tmp_path), data, HF_DATASETS_CACHE=str(tmp_path / "cache"))
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["hooks"] for r in ranks] == [["prepare_data", "setup"], ["setup"]]
