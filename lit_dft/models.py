@@ -147,22 +147,25 @@ def load_model_on_rank0(
     dequantise. ``FSDP2Strategy`` fills their shards from rank 0 once the model is sharded. Needs the process group
     (``configure_model`` has it); a model with remote code needs that code on every node.
     """
-    model, spec = None, [None]
+    model, spec, problem = None, [None], None
     if dist.get_rank() == 0:
-        try:
+        try:  # pickling the spec happens before the broadcast's first collective
             model = load_model(name, dtype, trust_remote_code, vocab_size)
             spec = [(model.config, model.generation_config, model.dtype, _tensor_specs(model))]
+            dist.broadcast_object_list(spec, src=0)
         except Exception as error:  # tell the others, who would wait for the config until the timeout
             dist.broadcast_object_list([str(error) or repr(error)], src=0)
             raise
-    dist.broadcast_object_list(spec, src=0)
-    if isinstance(spec[0], str):
-        raise LitDFTError(f"Global rank 0 could not load {name!r}: {spec[0]}")
-    problem = None
-    if model is None:
-        try:
-            model = _built_like_rank0(*spec[0], trust_remote_code)
+    else:
+        try:  # unpickling rank 0's config (remote code, another transformers) may fail: agreed on below
+            dist.broadcast_object_list(spec, src=0)
         except Exception as error:  # noqa: BLE001 - every rank learns of it below, rank 0 included
+            problem = str(error) or repr(error)
+        if problem is None and isinstance(spec[0], str):  # rank 0 raised too: no rank gathers
+            raise LitDFTError(f"Global rank 0 could not load {name!r}: {spec[0]}")
+        try:
+            model = model if problem else _built_like_rank0(*spec[0], trust_remote_code)
+        except Exception as error:  # noqa: BLE001 - as above
             problem = str(error) or repr(error)
     problems = [None] * dist.get_world_size()
     dist.all_gather_object(problems, problem)  # all ranks raise together rather than leave rank 0 waiting

@@ -505,10 +505,6 @@ class CausalLMModule(LightningModule):
         shape or key error; the frozen weights come from their source, as when the checkpoint was written."""
         if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: the run's random numbers
             self._run_seed = checkpoint.get("run_seed", self._run_seed)
-            if type(self).configure_optimizers is CausalLMModule.configure_optimizers:  # this module's AdamW
-                for state in checkpoint.get("optimizer_states", []):  # loading sets each group's implementation:
-                    for group in state.get("param_groups", []):  # this run's, not the saved one (an older default)
-                        group.update(fused=self._fused_adamw() or None, foreach=None)
         state = checkpoint.get("state_dict", {})
         if self.reference_model is None:
             for key in [k for k in state if k.startswith(_REFERENCE_PREFIX)]:  # a run with a KL term, read without

@@ -26,6 +26,13 @@ class OptimizerArgs:
     """Final learning rate as a fraction of the peak."""
 
 
+def _keep_implementation(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A resumed run steps with its own implementation (fused or not), not the one its checkpoint saved: loading a
+    state dict sets each group's settings, and every strategy's loading (FSDP2's too) goes through it."""
+    own = {"fused": optimizer.defaults["fused"], "foreach": optimizer.defaults["foreach"]}
+    return {**state_dict, "param_groups": [group | own for group in state_dict["param_groups"]]}
+
+
 def configure_adamw(
     params: Iterable[torch.nn.Parameter], args: OptimizerArgs, total_steps: int, fused: bool = True
 ) -> dict[str, Any]:
@@ -37,6 +44,7 @@ def configure_adamw(
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=tuple(args.betas), fused=fused or None)
+    optimizer.register_load_state_dict_pre_hook(_keep_implementation)
     total = max(1, total_steps)
     warmup = math.ceil(args.warmup_ratio * total)
 

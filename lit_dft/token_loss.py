@@ -534,7 +534,7 @@ class TokenLoss:
         """Whether each vocabulary entry is special, on ``device``: made once (a copy from the host waits for the
         device), and a lookup, where ``isin`` may sort on the device."""
         if self._special_table is None or self._special_table.device != device:
-            rows = base_model(self.model).get_input_embeddings().num_embeddings  # every target id is below it
+            rows = base_model(self.model).get_input_embeddings().weight.shape[0]  # every target id is below it
             table = torch.zeros(max([rows, *(self.special_ids + 1).tolist()]), dtype=torch.bool)
             self._special_table = table.index_fill_(0, self.special_ids, True).to(device)
         return self._special_table

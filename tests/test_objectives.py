@@ -257,11 +257,15 @@ def test_a_subclass_that_redefines_the_loss_does_not_inherit_the_closed_form():
         def token_loss(self, target_log_probs):
             return super().token_loss(target_log_probs).clamp(max=1.0)
 
+    class Doubled(DFT):  # the loss through __call__: not DFT's derivative either
+        def __call__(self, target_log_probs, context=None):
+            return 2 * super().__call__(target_log_probs, context)
+
     class Floored(DFT):  # only settings changed: DFT's derivative still holds
         def __init__(self):
             super().__init__(min_weight=0.2)
 
     log_probs = torch.log(torch.tensor([0.01, 0.5, 0.99]))
-    assert Capped().known_log_prob_grad(log_probs) is None
+    assert Capped().known_log_prob_grad(log_probs) is None and Doubled().known_log_prob_grad(log_probs) is None
     assert ProtectSpecialTokens(Capped()).known_log_prob_grad(log_probs, TokenContext(special=torch.ones(3))) is None
     torch.testing.assert_close(Floored().known_log_prob_grad(log_probs), -torch.tensor([0.2, 0.5, 0.99]))

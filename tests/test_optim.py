@@ -26,3 +26,17 @@ def test_adamw_is_fused_and_steps_as_the_reference_implementation():
             opt.step()
     for w, r in zip(weights, reference):
         torch.testing.assert_close(w, r, rtol=1e-6, atol=1e-7)
+
+
+def test_loading_a_state_saved_by_another_implementation_keeps_this_optimizer_s():
+    """A checkpoint from an unfused run (an older one, or ``16-mixed``) resumes fused, by any strategy's loading."""
+    weight = torch.nn.Parameter(torch.randn(3, 2))
+    weight.grad = torch.randn(3, 2)
+    unfused = configure_adamw([weight], OptimizerArgs(), total_steps=4, fused=False)["optimizer"]
+    unfused.step()
+    fused = configure_adamw([weight], OptimizerArgs(), total_steps=4)["optimizer"]
+    fused.load_state_dict(unfused.state_dict())
+    assert all(group["fused"] for group in fused.param_groups)
+    assert fused.state[weight]["exp_avg"].equal(unfused.state[weight]["exp_avg"])
+    unfused.load_state_dict(fused.state_dict())
+    assert not any(group["fused"] for group in unfused.param_groups)

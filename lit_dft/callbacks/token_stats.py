@@ -24,10 +24,10 @@ PROBE = "probe"
 
 # The paper's bins (section 4.3.1): [0, 1e-4, 1e-3, 1e-2, 0.1, 0.2, ..., 0.9, 1.0].
 PAPER_BINS = (0.0, 1e-4, 1e-3, 1e-2) + tuple(round(0.1 * i, 1) for i in range(1, 11))
-PROB_EDGES = torch.linspace(0.0, 1.0, 51)  # histogram of p
-LOG10_EDGES = torch.linspace(-8.0, 0.0, 81)  # histogram of log10 p; lower values land in the first bin
-JOINT_PROB_EDGES = torch.linspace(0.0, 1.0, 11)  # the (p, entropy) grid: p in tenths...
-JOINT_ENTROPY_EDGES = torch.linspace(0.0, 8.0, 17)  # ...entropy in half nats; higher values land in the last bin
+PROB_EDGES = torch.linspace(0.0, 1.0, 51, dtype=torch.float64)  # histogram of p
+LOG10_EDGES = torch.linspace(-8.0, 0.0, 81, dtype=torch.float64)  # histogram of log10 p; lower ones: the first bin
+JOINT_PROB_EDGES = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)  # the (p, entropy) grid: p in tenths...
+JOINT_ENTROPY_EDGES = torch.linspace(0.0, 8.0, 17, dtype=torch.float64)  # ...entropy in half nats (higher: last bin)
 # "Confident conflicts": target tokens the model finds unlikely (p < 0.1) where it is confident of something
 # else (entropy < 1 nat), the first p bin and the first two entropy bins of the grid.
 CONFLICT_BINS = (slice(0, 1), slice(0, 2))

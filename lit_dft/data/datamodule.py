@@ -257,6 +257,7 @@ class MathDataModule(LightningDataModule):
         the other ranks wait, whose ``setup`` then loads the result from the ``datasets`` cache. This process keeps
         it, so a single process does the work once. Rows held in memory are only read: each rank tokenises them."""
         stage = self.trainer.state.fn if self.trainer is not None else None
+        self._prepare_error = None
         try:
             self._load_tokenizer()  # a hub download or GGUF conversion, once per node too
             if stage not in _FIT_STAGES or self.train_set is not None:

@@ -120,7 +120,7 @@ class AnswerChecker:
             method = _start_method()
             context = multiprocessing.get_context(method)
             if method == "forkserver":  # no effect once the server runs; then each worker imports the checker itself
-                context.set_forkserver_preload(["__main__", __name__, "math_verify"])
+                context.set_forkserver_preload([__name__, "math_verify"])
             self._pool = context.Pool(1, initializer=_default_signal_handlers)
             atexit.register(self.close)  # shut it down before the interpreter does, which warns in Pool.__del__
             try:

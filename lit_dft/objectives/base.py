@@ -45,6 +45,7 @@ class TokenContext:
         )
 
 
+_LOSS_METHODS = ("log_prob_grad", "token_loss", "__call__")
 CONTEXT_FIELDS = frozenset(f.name for f in fields(TokenContext))
 REFERENCE_FIELDS = frozenset({"reference_log_probs", "sequence_log_ratio"})
 """Context fields that take the reference's log-probabilities."""
@@ -81,10 +82,11 @@ class TokenObjective:
         return None
 
     def known_log_prob_grad(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor | None:
-        """:meth:`log_prob_grad`, if it is that of this :meth:`token_loss`: a subclass that redefines only the loss
-        (``class MyDFT(DFT)``) does not inherit its parent's derivative, it gets autograd's."""
-        owners = [next(c for c in type(self).__mro__ if name in vars(c)) for name in ("log_prob_grad", "token_loss")]
-        return self.log_prob_grad(target_log_probs, context) if issubclass(*owners) else None
+        """:meth:`log_prob_grad`, if it is that of this loss: a subclass that redefines only :meth:`token_loss` or
+        ``__call__`` (``class MyDFT(DFT)``) does not inherit its parent's derivative, it gets autograd's. (A subclass
+        that changes a helper both use must redefine ``log_prob_grad`` too.)"""
+        grad, *loss = (next(c for c in type(self).__mro__ if name in vars(c)) for name in _LOSS_METHODS)
+        return self.log_prob_grad(target_log_probs, context) if all(issubclass(grad, c) for c in loss) else None
 
     def __call__(self, target_log_probs: Tensor, context: TokenContext | None = None) -> Tensor:
         if self.needs:
