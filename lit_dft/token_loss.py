@@ -403,6 +403,8 @@ class _Targets(NamedTuple):
     """``(N,)`` the flat indices in the ``(B, T)`` inputs of the positions that predict them."""
     examples: Tensor
     """``(N,)`` the example each belongs to, numbered 0, 1, ... over the examples that have targets."""
+    shape: torch.Size
+    """``(B, T-1)``: the grid's."""
 
     @staticmethod
     def of(batch: TrainingBatch) -> _Targets:
@@ -410,16 +412,17 @@ class _Targets(NamedTuple):
         rows = grid // batch.targets.shape[1]
         starts = torch.zeros_like(rows)
         starts[1:] = rows[1:] != rows[:-1]  # the positions are in batch order
-        return _Targets(batch.targets.flatten().index_select(0, grid), grid, grid + rows, starts.cumsum(0))
+        targets = batch.targets
+        return _Targets(targets.flatten().index_select(0, grid), grid, grid + rows, starts.cumsum(0), targets.shape)
 
     def at(self, per_input: Tensor) -> Tensor:
         """``(N, ...)``: the values of a ``(B, T, ...)`` tensor at the positions that predict the targets."""
         return per_input.flatten(0, 1).index_select(0, self.inputs)
 
-    def on_grid(self, values: Tensor, grid: Tensor) -> Tensor:
-        """The ``(N,)`` values back at their places in a tensor shaped as ``grid``, 0 elsewhere."""
-        zeros = torch.zeros(grid.numel(), dtype=values.dtype, device=values.device)
-        return zeros.index_copy_(0, self.grid, values).view(grid.shape)
+    def on_grid(self, values: Tensor) -> Tensor:
+        """The ``(N,)`` values back at their places in the ``(B, T-1)`` grid, 0 elsewhere."""
+        zeros = torch.zeros(self.shape.numel(), dtype=values.dtype, device=values.device)
+        return zeros.index_copy_(0, self.grid, values).view(self.shape)
 
 
 @contextmanager
@@ -519,14 +522,13 @@ class TokenLoss:
                 if self.objective.kl_weight == 0:
                     reference_logits = None
             terms = naive_objective_loss(logits, targets.ids, self.objective, context, reference_logits)
-        grid = batch.targets
         return TokenOutputs(
             terms.loss,
-            targets.on_grid(terms.log_probs, grid),
-            grid != IGNORE_INDEX,
-            grid,
-            targets.on_grid(terms.entropy, grid),
-            None if terms.kl_ref is None else targets.on_grid(terms.kl_ref, grid),
+            targets.on_grid(terms.log_probs),
+            batch.targets != IGNORE_INDEX,
+            batch.targets,
+            targets.on_grid(terms.entropy),
+            None if terms.kl_ref is None else targets.on_grid(terms.kl_ref),
             targets.grid,
         )
 
